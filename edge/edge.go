@@ -1,0 +1,95 @@
+// Package edge is Keel's front door: one port where browsers (gRPC-Web,
+// Connect JSON), curl and gRPC clients reach every shop service. It routes
+// each "/package.Service/Method" call to a healthy instance of the service
+// that owns it, passing Connect, gRPC and gRPC-Web through unchanged, and
+// serves gRPC health and reflection for everything it routes.
+package edge
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"github.com/rs/cors"
+
+	"github.com/keelplatform/keel/internal/client"
+	"github.com/keelplatform/keel/internal/discovery"
+	"github.com/keelplatform/keel/internal/server"
+)
+
+// Config is how the edge listens and what it routes. The zero value of each
+// field means its documented default.
+type Config struct {
+	// Server holds the listener settings and limits. Default Addr
+	// "127.0.0.1:8080".
+	Server server.Config
+	// Services are the protobuf services to route. Default [ShopServices].
+	Services []string
+	// Routes overrides the logical service a protobuf service is routed to;
+	// by default "shop.user.v1.UserService" goes to "user".
+	Routes map[string]string
+	// AllowedOrigins are the browser origins allowed by CORS. Default ["*"].
+	AllowedOrigins []string
+}
+
+// Edge is a running front door. Create it with [New].
+type Edge struct {
+	server *server.Server
+	routes *routeTable
+}
+
+// New builds an edge that resolves upstreams through resolver.
+func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, error) {
+	if cfg.Server.Addr == "" {
+		cfg.Server.Addr = "127.0.0.1:8080"
+	}
+	if len(cfg.Services) == 0 {
+		cfg.Services = ShopServices()
+	}
+	if len(cfg.AllowedOrigins) == 0 {
+		cfg.AllowedOrigins = []string{"*"}
+	}
+	routes, err := newRouteTable(cfg.Services, cfg.Routes, resolver)
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
+	corsHandler := cors.New(cors.Options{
+		AllowedOrigins: cfg.AllowedOrigins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),
+		ExposedHeaders: connectcors.ExposedHeaders(),
+		MaxAge:         7200,
+	})
+	reflected := routes.services()
+	slices.Sort(reflected)
+	srv := server.New(cfg.Server, logger,
+		server.WithHealthChecker(routes),
+		server.WithReflection(reflected...),
+		server.WithMiddleware(corsHandler.Handler),
+	)
+	srv.HandleHTTP("/", &proxy{
+		routes:    routes,
+		transport: client.NewTransport(resolver),
+		errors:    connect.NewErrorWriter(),
+		logger:    logger,
+	})
+	return &Edge{server: srv, routes: routes}, nil
+}
+
+// Listen binds the edge's address; see [server.Server.Listen].
+func (e *Edge) Listen() error { return e.server.Listen() }
+
+// Addr is the bound host:port, or "" before [Edge.Listen].
+func (e *Edge) Addr() string { return e.server.Addr() }
+
+// OnStop registers fn to run first at shutdown; see [server.Server.OnStop].
+func (e *Edge) OnStop(fn func(context.Context)) { e.server.OnStop(fn) }
+
+// Serve routes calls until ctx is done, then drains; see [server.Server.Serve].
+func (e *Edge) Serve(ctx context.Context) error { return e.server.Serve(ctx) }
+
+var _ http.Handler = (*proxy)(nil)

@@ -1,0 +1,259 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/keelplatform/keel/internal/discovery"
+)
+
+// proxy forwards Connect, gRPC and gRPC-Web calls to the service that owns
+// them, unchanged: headers, body, status and trailers pass through, and
+// the caller's deadline bounds the upstream call.
+type proxy struct {
+	routes    *routeTable
+	transport http.RoundTripper
+	errors    *connect.ErrorWriter
+	logger    *slog.Logger
+}
+
+// hopHeaders are connection-level headers that must not be forwarded
+// (RFC 9110, section 7.6.1). TE is handled on its own: "trailers" is kept,
+// since gRPC servers require it.
+var hopHeaders = map[string]bool{
+	"Connection":          true,
+	"Proxy-Connection":    true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	protoService, ok := serviceOf(r.URL.Path)
+	if !ok {
+		p.fail(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%s is not a Keel procedure; want /package.Service/Method", r.URL.Path)))
+		return
+	}
+	upstream, ok := p.routes.lookup(protoService)
+	if !ok {
+		p.fail(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown service %s", protoService)))
+		return
+	}
+	if r.ProtoMajor == 1 {
+		// Let the upstream answer before the whole request body is read
+		// (streams, early errors) without Go draining and closing it.
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
+
+	ctx := r.Context()
+	if timeout, ok := requestTimeout(r.Header); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+
+	out := &http.Request{
+		Method:        r.Method,
+		URL:           &url.URL{Scheme: "http", Host: upstream, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
+		Header:        make(http.Header, len(r.Header)+1),
+		ContentLength: r.ContentLength,
+	}
+	for key, values := range r.Header {
+		if !hopHeaders[key] {
+			out.Header[key] = values
+		}
+	}
+	if te := r.Header["Te"]; len(te) > 0 && strings.Contains(strings.ToLower(te[0]), "trailers") {
+		out.Header["Te"] = []string{"trailers"}
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 {
+			host = strings.Join(prior, ", ") + ", " + host
+		}
+		out.Header["X-Forwarded-For"] = []string{host}
+	}
+	var body *requestBody
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		body = &requestBody{body: r.Body}
+		out.Body = body
+	}
+	out = out.WithContext(ctx)
+
+	res, err := p.transport.RoundTrip(out)
+	if err != nil {
+		if body != nil {
+			body.Close()
+		}
+		p.failUpstream(w, r, ctx, upstream, err)
+		return
+	}
+	defer res.Body.Close()
+
+	header := w.Header()
+	for key, values := range res.Header {
+		if !hopHeaders[key] {
+			header[key] = values
+		}
+	}
+	if res.ContentLength >= 0 && len(res.Trailer) == 0 {
+		header["Content-Length"] = []string{strconv.FormatInt(res.ContentLength, 10)}
+	}
+	w.WriteHeader(res.StatusCode)
+
+	if err := copyResponse(w, res.Body, streams(res.Header)); err != nil {
+		if body != nil {
+			body.Close()
+		}
+		if r.Context().Err() == nil {
+			p.logger.Warn("upstream response cut short", slog.String("service", upstream), slog.String("error", err.Error()))
+		}
+		// Reset the stream so the caller sees a failure, not a truncated success.
+		panic(http.ErrAbortHandler)
+	}
+	for key, values := range res.Trailer {
+		header[http.TrailerPrefix+key] = values
+	}
+	if body != nil {
+		// The upstream has answered in full; stop forwarding whatever the
+		// caller may still send so neither side waits on the other.
+		body.Close()
+	}
+}
+
+// copyResponse copies an upstream body to w, flushing after every read when
+// the response is a stream so messages reach the caller as they come.
+func copyResponse(w http.ResponseWriter, src io.Reader, flush bool) error {
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
+	flusher, _ := w.(http.Flusher)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if flush && flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// streams reports whether a response is framed as a stream of messages
+// (gRPC, gRPC-Web, Connect streaming) rather than a single unary body.
+func streams(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	return strings.HasPrefix(ct, "application/grpc") || strings.HasPrefix(ct, "application/connect+")
+}
+
+func (p *proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
+	_ = p.errors.Write(w, r, err)
+}
+
+func (p *proxy) failUpstream(w http.ResponseWriter, r *http.Request, ctx context.Context, upstream string, err error) {
+	switch {
+	case r.Context().Err() != nil:
+		return // the caller went away; nobody to answer
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		p.fail(w, r, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded before the upstream answered")))
+	case errors.Is(err, discovery.ErrNoInstances):
+		p.fail(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy instances of %s", upstream)))
+	default:
+		p.logger.Warn("upstream call failed", slog.String("service", upstream), slog.String("error", err.Error()))
+		p.fail(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("service %s is unreachable", upstream)))
+	}
+}
+
+// serviceOf returns "pkg.Service" from a procedure path "/pkg.Service/Method".
+func serviceOf(path string) (string, bool) {
+	if len(path) < 4 || path[0] != '/' {
+		return "", false
+	}
+	rest := path[1:]
+	slash := strings.IndexByte(rest, '/')
+	if slash <= 0 || slash == len(rest)-1 || strings.IndexByte(rest[slash+1:], '/') >= 0 {
+		return "", false
+	}
+	return rest[:slash], true
+}
+
+// requestTimeout reads the caller's deadline from gRPC's grpc-timeout or
+// Connect's connect-timeout-ms header.
+func requestTimeout(h http.Header) (time.Duration, bool) {
+	if v := h["Connect-Timeout-Ms"]; len(v) > 0 {
+		ms, err := strconv.ParseInt(v[0], 10, 64)
+		if err == nil && ms > 0 {
+			return time.Duration(ms) * time.Millisecond, true
+		}
+		return 0, false
+	}
+	if v := h["Grpc-Timeout"]; len(v) > 0 && len(v[0]) >= 2 {
+		value, err := strconv.ParseInt(v[0][:len(v[0])-1], 10, 64)
+		if err != nil || value <= 0 {
+			return 0, false
+		}
+		unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[0][len(v[0])-1]]
+		if unit == 0 {
+			return 0, false
+		}
+		if value > int64(time.Duration(1<<62)/unit) {
+			return 0, false
+		}
+		return time.Duration(value) * unit, true
+	}
+	return 0, false
+}
+
+// requestBody forwards the caller's request body and can be closed by the
+// proxy once the upstream has answered, which unblocks the transport's
+// body copy on full-duplex streams.
+type requestBody struct {
+	mu     sync.Mutex
+	body   io.ReadCloser
+	closed bool
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return 0, io.EOF
+	}
+	return b.body.Read(p)
+}
+
+func (b *requestBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	return b.body.Close()
+}

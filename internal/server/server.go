@@ -1,0 +1,256 @@
+// Package server runs a Keel service: one listener that speaks Connect
+// (JSON and binary), gRPC and gRPC-Web over HTTP/1.1 and h2c, with gRPC
+// health, gRPC reflection, request validation, panic recovery, access logs,
+// request limits and graceful shutdown.
+//
+// A service builds its Connect handler with [Server.HandlerOptions], mounts
+// it with [Server.Handle] and calls [Server.Serve]:
+//
+//	srv := server.New(cfg, logger)
+//	srv.Handle(userv1connect.NewUserServiceHandler(h, srv.HandlerOptions()...))
+//	err := srv.Serve(ctx) // returns after ctx is done and calls drained
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"connectrpc.com/validate"
+)
+
+// Config is how a server listens and how it limits its callers. The zero
+// value of each field means its documented default.
+type Config struct {
+	// Addr is the host:port to listen on. Default "127.0.0.1:0" (any free port).
+	Addr string
+	// ReadHeaderTimeout bounds how long a client may take to send headers. Default 5s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long. Default 120s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds the size of request headers. Default 64 KiB.
+	MaxHeaderBytes int
+	// MaxRequestBytes bounds one request message after decompression;
+	// larger ones fail with resource_exhausted. Default 4 MiB.
+	MaxRequestBytes int
+	// DrainDelay is how long the server keeps answering, with health
+	// NOT_SERVING, after shutdown starts, so that balancers stop sending
+	// before the listener closes. Default 0.
+	DrainDelay time.Duration
+	// ShutdownTimeout bounds how long in-flight calls may run after the
+	// listener closes; calls still running then are cut off. Default 10s.
+	ShutdownTimeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:0"
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = 5 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 120 * time.Second
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 64 << 10
+	}
+	if c.MaxRequestBytes <= 0 {
+		c.MaxRequestBytes = 4 << 20
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	return c
+}
+
+// Server serves Connect handlers on one port. Create it with [New]. It is
+// safe for concurrent use once serving; mount handlers before [Server.Serve].
+type Server struct {
+	cfg      Config
+	logger   *slog.Logger
+	mux      *http.ServeMux
+	health   *healthChecker
+	services []string
+	options  []connect.HandlerOption
+	extra    options
+
+	mu       sync.Mutex
+	listener net.Listener
+	onStop   []func(context.Context)
+}
+
+// New returns a server that has not started listening. Its gRPC health
+// service reports SERVING for the server as a whole ("") and for every
+// service mounted with [Server.Handle], until shutdown starts.
+func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
+	cfg = cfg.withDefaults()
+	var extra options
+	for _, opt := range opts {
+		opt(&extra)
+	}
+	s := &Server{
+		cfg:    cfg,
+		logger: logger,
+		mux:    http.NewServeMux(),
+		health: newHealthChecker(extra.checker),
+		extra:  extra,
+	}
+	s.options = []connect.HandlerOption{
+		connect.WithRecover(s.recoverPanic),
+		connect.WithInterceptors(newAccessLog(logger), validate.NewInterceptor()),
+		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
+		connect.WithCompressMinBytes(1024),
+	}
+	s.mux.Handle(grpchealth.NewHandler(s.health))
+	return s
+}
+
+// HandlerOptions are the options every Connect handler mounted on this
+// server must be built with: panic recovery, access logs, protovalidate
+// request validation and the request size limit.
+func (s *Server) HandlerOptions() []connect.HandlerOption {
+	return s.options
+}
+
+// Handle mounts a Connect handler, as returned by a generated
+// New<Service>Handler constructor, and lists its service in health and
+// reflection. The service name is taken from the path ("/pkg.Service/").
+func (s *Server) Handle(path string, h http.Handler) {
+	name := strings.Trim(path, "/")
+	s.mux.Handle(path, h)
+	s.services = append(s.services, name)
+	s.health.add(name)
+}
+
+// HandleHTTP mounts a plain HTTP handler (metrics, a web page) that is not
+// a Connect service.
+func (s *Server) HandleHTTP(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
+}
+
+// Services lists the fully qualified names of the mounted services.
+func (s *Server) Services() []string {
+	return append([]string(nil), s.services...)
+}
+
+// OnStop registers fn to run first when shutdown starts, before health
+// turns NOT_SERVING and the server drains: deregistering from discovery
+// belongs here. fn gets a context bounded by the shutdown timeout.
+func (s *Server) OnStop(fn func(context.Context)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onStop = append(s.onStop, fn)
+}
+
+// Listen binds the configured address. Calling it before [Server.Serve] lets
+// a caller learn the port ([Server.Addr]) first; Serve calls it if needed.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	s.listener = ln
+	return nil
+}
+
+// Addr returns the bound host:port, or "" before [Server.Listen].
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener == nil {
+		return ""
+	}
+	return s.listener.Addr().String()
+}
+
+// Serve answers calls until ctx is done, then shuts down gracefully: it runs
+// the OnStop hooks, turns health NOT_SERVING, keeps serving for DrainDelay,
+// stops accepting and lets in-flight calls finish within ShutdownTimeout. It
+// returns nil after a clean shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	if reflected := append(s.Services(), s.extra.reflected...); len(reflected) > 0 {
+		reflector := grpcreflect.NewStaticReflector(reflected...)
+		s.mux.Handle(grpcreflect.NewHandlerV1(reflector))
+		s.mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	}
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	var handler http.Handler = s.mux
+	for _, wrap := range s.extra.middleware {
+		handler = wrap(handler)
+	}
+	httpServer := NewHTTPServer(handler, s.cfg)
+	httpServer.ErrorLog = slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn)
+
+	served := make(chan error, 1)
+	go func() { served <- httpServer.Serve(s.listener) }()
+	s.logger.Info("serving", slog.String("addr", s.Addr()), slog.Any("services", s.services))
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve %s: %w", s.Addr(), err)
+	case <-ctx.Done():
+	}
+
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DrainDelay+s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.mu.Lock()
+	hooks := append([]func(context.Context){}, s.onStop...)
+	s.mu.Unlock()
+	for _, fn := range hooks {
+		fn(stopCtx)
+	}
+	s.health.drain()
+	s.logger.Info("draining", slog.Duration("drain_delay", s.cfg.DrainDelay))
+	if s.cfg.DrainDelay > 0 {
+		time.Sleep(s.cfg.DrainDelay)
+	}
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancelShutdown()
+	if err := httpServer.Shutdown(shutdownCtx); err != nil {
+		_ = httpServer.Close()
+		s.logger.Warn("in-flight calls cut off at shutdown timeout", slog.Duration("timeout", s.cfg.ShutdownTimeout))
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", s.Addr(), err)
+	}
+	s.logger.Info("stopped")
+	return nil
+}
+
+// NewHTTPServer returns an http.Server for h that speaks HTTP/1.1 and h2c
+// (HTTP/2 without TLS, as gRPC clients use on loopback and inside a
+// cluster) with the timeouts and limits of cfg.
+func NewHTTPServer(h http.Handler, cfg Config) *http.Server {
+	cfg = cfg.withDefaults()
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		Protocols:         protocols,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 1000,
+			MaxReadFrameSize:     1 << 20,
+		},
+	}
+}
