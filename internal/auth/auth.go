@@ -1,0 +1,113 @@
+// Package auth issues and verifies the platform's access tokens: JWTs
+// signed with HMAC-SHA256 (HS256) whose subject is the user id. The user
+// service issues them at login; the edge verifies them on every call.
+//
+// Both sides share one secret key of at least [MinKeyLen] bytes. Only HS256
+// is accepted, so a token cannot pick a weaker algorithm or "none".
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// DefaultIssuer is the "iss" claim used when [Issuer.Issuer] is empty, and
+// expected by [Verify] when its issuer argument is empty.
+const DefaultIssuer = "keel-user"
+
+// MinKeyLen is the shortest signing key accepted, in bytes: HS256 needs a
+// key at least as long as its 256-bit output to keep its strength.
+const MinKeyLen = 32
+
+var (
+	// ErrKeyTooShort means a signing key has fewer than MinKeyLen bytes.
+	ErrKeyTooShort = fmt.Errorf("auth: signing key must have at least %d bytes", MinKeyLen)
+	// ErrInvalidToken means a token is malformed, badly signed, expired,
+	// from another issuer or without a subject. The wrapped cause says
+	// which, for logs.
+	ErrInvalidToken = errors.New("auth: invalid token")
+)
+
+// Issuer signs access tokens. Its zero value is not usable: set Key and
+// TTL. It is safe for concurrent use.
+type Issuer struct {
+	// Key is the HMAC secret; at least MinKeyLen bytes.
+	Key []byte
+	// TTL is how long a token stays valid after it is issued; must be
+	// positive.
+	TTL time.Duration
+	// Issuer is the "iss" claim; DefaultIssuer when empty.
+	Issuer string
+}
+
+// Validate reports whether the issuer is usable, so servers can fail at
+// start rather than at the first login.
+func (i Issuer) Validate() error {
+	if len(i.Key) < MinKeyLen {
+		return ErrKeyTooShort
+	}
+	if i.TTL <= 0 {
+		return fmt.Errorf("auth: token TTL must be positive, got %v", i.TTL)
+	}
+	return nil
+}
+
+// Issue returns a signed token for subject, valid from now for TTL, and
+// its expiry time.
+func (i Issuer) Issue(subject string) (token string, expires time.Time, err error) {
+	if err := i.Validate(); err != nil {
+		return "", time.Time{}, err
+	}
+	if subject == "" {
+		return "", time.Time{}, errors.New("auth: empty subject")
+	}
+	// JWT times have one-second precision: truncate so the expiry we
+	// report is the one in the token.
+	now := time.Now().Truncate(time.Second)
+	expires = now.Add(i.TTL)
+	claims := jwt.RegisteredClaims{
+		Issuer:    issuerOrDefault(i.Issuer),
+		Subject:   subject,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(expires),
+	}
+	token, err = jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(i.Key)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("auth: sign token: %w", err)
+	}
+	return token, expires, nil
+}
+
+// Verify checks token's signature with key, its algorithm (HS256 only), its
+// expiry and its issuer (DefaultIssuer when issuer is empty), and returns
+// its subject. Errors wrap ErrInvalidToken, or are ErrKeyTooShort.
+func Verify(key []byte, issuer, token string) (subject string, err error) {
+	if len(key) < MinKeyLen {
+		return "", ErrKeyTooShort
+	}
+	var claims jwt.RegisteredClaims
+	_, err = jwt.ParseWithClaims(token, &claims,
+		func(*jwt.Token) (any, error) { return key, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithIssuer(issuerOrDefault(issuer)),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+	)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	if claims.Subject == "" {
+		return "", fmt.Errorf("%w: no subject", ErrInvalidToken)
+	}
+	return claims.Subject, nil
+}
+
+func issuerOrDefault(issuer string) string {
+	if issuer == "" {
+		return DefaultIssuer
+	}
+	return issuer
+}

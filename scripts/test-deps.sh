@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Makes sure what Keel's tests start is installed: PostgreSQL 15 server
+# binaries (the tests start a throwaway cluster), and whatever later parts
+# add. Installs missing Debian packages; never starts anything itself.
+set -euo pipefail
+
+need=()
+pg_bindir="$( (pg_config --bindir 2>/dev/null) || true)"
+if ! { [ -x /usr/lib/postgresql/15/bin/initdb ] || [ -x "$pg_bindir/initdb" ]; }; then
+	need+=(postgresql)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+	echo "test-deps: installing ${need[*]}"
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "test-deps: need root (or sudo) to apt-get install ${need[*]}" >&2
+		exit 1
+	fi
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
