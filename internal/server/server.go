@@ -83,6 +83,8 @@ type Server struct {
 	services []string
 	options  []connect.HandlerOption
 	extra    options
+	errors   *connect.ErrorWriter
+	catchAll bool // "/" is mounted; otherwise unknown paths get unimplemented
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -104,6 +106,7 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 		mux:    http.NewServeMux(),
 		health: newHealthChecker(extra.checker),
 		extra:  extra,
+		errors: connect.NewErrorWriter(),
 	}
 	s.options = []connect.HandlerOption{
 		connect.WithRecover(s.recoverPanic),
@@ -127,7 +130,7 @@ func (s *Server) HandlerOptions() []connect.HandlerOption {
 // reflection. The service name is taken from the path ("/pkg.Service/").
 func (s *Server) Handle(path string, h http.Handler) {
 	name := strings.Trim(path, "/")
-	s.mux.Handle(path, h)
+	s.mux.Handle(path, knownMethodsOnly(name, h, s.errors))
 	s.services = append(s.services, name)
 	s.health.add(name)
 }
@@ -135,6 +138,9 @@ func (s *Server) Handle(path string, h http.Handler) {
 // HandleHTTP mounts a plain HTTP handler (metrics, a web page) that is not
 // a Connect service.
 func (s *Server) HandleHTTP(pattern string, h http.Handler) {
+	if pattern == "/" {
+		s.catchAll = true
+	}
 	s.mux.Handle(pattern, h)
 }
 
@@ -187,6 +193,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		reflector := grpcreflect.NewStaticReflector(reflected...)
 		s.mux.Handle(grpcreflect.NewHandlerV1(reflector))
 		s.mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	}
+	if !s.catchAll {
+		s.mux.Handle("/", unknownService(s.errors))
 	}
 	if err := s.Listen(); err != nil {
 		return err

@@ -1,0 +1,260 @@
+package platform_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"google.golang.org/protobuf/proto"
+
+	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
+	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
+	"github.com/keelplatform/keel/cmd/keel/platform"
+	"github.com/keelplatform/keel/internal/server"
+)
+
+type running struct {
+	url  string
+	p    *platform.Platform
+	stop context.CancelFunc
+}
+
+// up starts the platform exactly as `keel up` does, on free loopback ports.
+func up(t *testing.T, cfg server.Config) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := platform.Start(ctx, platform.Options{EdgeAddr: "127.0.0.1:0", DataDir: t.TempDir(), Server: cfg})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := p.Wait(); err != nil {
+			t.Errorf("platform stopped with %v", err)
+		}
+	})
+	return &running{url: "http://" + p.EdgeAddr(), p: p, stop: cancel}
+}
+
+func h2c() *http.Client {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: p}}
+}
+
+// postJSON calls a procedure the way curl does: a plain HTTP/1.1 POST.
+func postJSON(t *testing.T, url, body string) (int, map[string]any) {
+	t.Helper()
+	res, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatalf("response is not JSON: %q", data)
+	}
+	return res.StatusCode, out
+}
+
+var protocols = map[string]struct {
+	client *http.Client
+	opts   []connect.ClientOption
+}{
+	"connect-json over http/1.1": {http.DefaultClient, []connect.ClientOption{connect.WithProtoJSON()}},
+	"grpc over h2c":              {h2c(), []connect.ClientOption{connect.WithGRPC()}},
+	"grpc-web over http/1.1":     {http.DefaultClient, []connect.ClientOption{connect.WithGRPCWeb()}},
+}
+
+func TestRegisterAndGetThroughTheEdgeInEveryProtocol(t *testing.T) {
+	r := up(t, server.Config{})
+
+	status, body := postJSON(t, r.url+"/shop.user.v1.UserService/Register",
+		`{"email":"Ada@Example.com","password":"correct horse","displayName":"Ada"}`)
+	if status != http.StatusOK {
+		t.Fatalf("register: %d %v", status, body)
+	}
+	user := body["user"].(map[string]any)
+	id := user["id"].(string)
+	if user["email"] != "ada@example.com" || user["displayName"] != "Ada" {
+		t.Fatalf("register returned %v", user)
+	}
+	if _, leaked := user["passwordHash"]; leaked {
+		t.Fatal("password hash in the response")
+	}
+
+	var first *userv1.User
+	for name, p := range protocols {
+		t.Run(name, func(t *testing.T) {
+			c := userv1connect.NewUserServiceClient(p.client, r.url, p.opts...)
+			res, err := c.GetUser(context.Background(), connect.NewRequest(&userv1.GetUserRequest{Id: id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Msg.GetUser().GetId() != id || res.Msg.GetUser().GetEmail() != "ada@example.com" {
+				t.Fatalf("got %v", res.Msg.GetUser())
+			}
+			if first == nil {
+				first = res.Msg.GetUser()
+			} else if !proto.Equal(first, res.Msg.GetUser()) {
+				t.Fatalf("protocols disagree: %v vs %v", first, res.Msg.GetUser())
+			}
+
+			// Each protocol can also register, and sees the others' users.
+			reg, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{
+				Email: strings.ReplaceAll(name, " ", "-") + "@example.com", Password: "correct horse", DisplayName: name,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.GetUser(context.Background(), connect.NewRequest(&userv1.GetUserRequest{Id: reg.Msg.GetUser().GetId()}))
+			if err != nil || got.Msg.GetUser().GetDisplayName() != name {
+				t.Fatalf("get after register: %v %v", got, err)
+			}
+		})
+	}
+
+	// Login returns a token; the GET form of a side-effect-free call works too.
+	status, body = postJSON(t, r.url+"/shop.user.v1.UserService/Login", `{"email":"ada@example.com","password":"correct horse"}`)
+	if status != http.StatusOK || !strings.Contains(body["accessToken"].(string), ".") {
+		t.Fatalf("login: %d %v", status, body)
+	}
+	res, err := http.Get(r.url + "/shop.user.v1.UserService/ListUsers?encoding=json&message=%7B%7D&connect=v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || strings.Count(string(data), `"email"`) != 4 {
+		t.Fatalf("list users with GET: %d %s", res.StatusCode, data)
+	}
+}
+
+func TestErrorsThroughTheEdge(t *testing.T) {
+	r := up(t, server.Config{MaxRequestBytes: 64 << 10})
+	if status, body := postJSON(t, r.url+"/shop.user.v1.UserService/Register",
+		`{"email":"grace@example.com","password":"correct horse","displayName":"Grace"}`); status != http.StatusOK {
+		t.Fatalf("register: %d %v", status, body)
+	}
+
+	cases := []struct {
+		name     string
+		path     string
+		body     string
+		status   int
+		code     string
+		mentions string
+	}{
+		{"invalid email", "/shop.user.v1.UserService/Register", `{"email":"not-an-email","password":"correct horse","displayName":"X"}`, 400, "invalid_argument", "email"},
+		{"short password", "/shop.user.v1.UserService/Register", `{"email":"x@example.com","password":"short","displayName":"X"}`, 400, "invalid_argument", "password"},
+		{"wrong field type", "/shop.user.v1.UserService/Register", `{"email":42}`, 400, "invalid_argument", "email"},
+		{"malformed json", "/shop.user.v1.UserService/Register", `{"email":`, 400, "invalid_argument", "unmarshal"},
+		{"duplicate email", "/shop.user.v1.UserService/Register", `{"email":"GRACE@example.com","password":"correct horse","displayName":"G"}`, 409, "already_exists", "email"},
+		{"wrong password", "/shop.user.v1.UserService/Login", `{"email":"grace@example.com","password":"wrong horse"}`, 401, "unauthenticated", "invalid email or password"},
+		{"unknown email", "/shop.user.v1.UserService/Login", `{"email":"nobody@example.com","password":"wrong horse"}`, 401, "unauthenticated", "invalid email or password"},
+		{"unknown user", "/shop.user.v1.UserService/GetUser", `{"id":"0b5a3f4e-7c1d-4a8e-9f55-2f4b8b1c9d10"}`, 404, "not_found", "0b5a3f4e"},
+		{"unknown route", "/shop.nothing.v1.NothingService/Do", `{}`, 501, "unimplemented", "shop.nothing.v1.NothingService"},
+		{"unknown method", "/shop.user.v1.UserService/DeleteEverything", `{}`, 501, "unimplemented", "DeleteEverything"},
+		{"oversized body", "/shop.user.v1.UserService/Register", `{"email":"big@example.com","password":"` + strings.Repeat("p", 100<<10) + `","displayName":"Big"}`, 429, "resource_exhausted", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := postJSON(t, r.url+tc.path, tc.body)
+			if status != tc.status || body["code"] != tc.code {
+				t.Fatalf("got %d %v, want %d %s", status, body, tc.status, tc.code)
+			}
+			if msg, _ := body["message"].(string); !strings.Contains(msg, tc.mentions) {
+				t.Fatalf("message %q does not mention %q", msg, tc.mentions)
+			}
+			if strings.Contains(strings.ToLower(body["message"].(string)), "goroutine") {
+				t.Fatal("stack trace in the error")
+			}
+		})
+	}
+
+	// The same failures keep their codes over gRPC, where they travel in trailers.
+	c := userv1connect.NewUserServiceClient(h2c(), r.url, connect.WithGRPC())
+	_, err := c.Login(context.Background(), connect.NewRequest(&userv1.LoginRequest{Email: "grace@example.com", Password: "wrong horse"}))
+	if connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("grpc login: %v", err)
+	}
+	_, err = c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "bad", Password: "correct horse", DisplayName: "X"}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "email") {
+		t.Fatalf("grpc invalid email: %v", err)
+	}
+
+	// A login (an argon2id hash, tens of milliseconds) with a 1ms budget
+	// fails with deadline_exceeded: the edge honours and forwards deadlines.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	_, err = c.Login(ctx, connect.NewRequest(&userv1.LoginRequest{Email: "grace@example.com", Password: "correct horse"}))
+	if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+		t.Fatalf("want deadline_exceeded, got %v", err)
+	}
+
+	// After all that, everything is still healthy.
+	health := grpchealth.NewClient(h2c(), r.url, connect.WithGRPC())
+	for _, service := range []string{"", userv1connect.UserServiceName} {
+		check, err := health.Check(context.Background(), &grpchealth.CheckRequest{Service: service})
+		if err != nil || check.Status != grpchealth.StatusServing {
+			t.Fatalf("health of %q: %v %v", service, check, err)
+		}
+	}
+}
+
+func TestReflectionThroughTheEdge(t *testing.T) {
+	r := up(t, server.Config{})
+	stream := grpcreflect.NewClient(h2c(), r.url, connect.WithGRPC()).NewStream(context.Background())
+	defer stream.Close()
+	names, err := stream.ListServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, n := range names {
+		found = found || n == userv1connect.UserServiceName
+	}
+	if !found {
+		t.Fatalf("reflection through the edge lists %v", names)
+	}
+	files, err := stream.FileContainingSymbol(userv1connect.UserServiceName)
+	if err != nil || len(files) == 0 || files[0].GetName() != "shop/user/v1/user.proto" {
+		t.Fatalf("descriptor of the user service: %v %v", files, err)
+	}
+}
+
+func TestHealthTurnsNotServingDuringShutdown(t *testing.T) {
+	r := up(t, server.Config{DrainDelay: time.Second})
+	health := grpchealth.NewClient(h2c(), r.url, connect.WithGRPC())
+	check, err := health.Check(context.Background(), &grpchealth.CheckRequest{})
+	if err != nil || check.Status != grpchealth.StatusServing {
+		t.Fatalf("before shutdown: %v %v", check, err)
+	}
+	r.stop()
+	deadline := time.Now().Add(800 * time.Millisecond)
+	for {
+		check, err = health.Check(context.Background(), &grpchealth.CheckRequest{})
+		if err == nil && check.Status == grpchealth.StatusNotServing {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health never turned NOT_SERVING while draining: %v %v", check, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := r.p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
