@@ -14,9 +14,9 @@ import (
 	"connectrpc.com/grpcreflect"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keelplatform/keel/cmd/keel/platform"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
-	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/internal/server"
 )
 
