@@ -47,7 +47,8 @@ type process interface {
 }
 
 // Platform is a running platform. Stop it by cancelling the context given
-// to [Start], then call [Platform.Wait].
+// to [Start], then call [Platform.Wait]: the edge drains first, then the
+// services.
 type Platform struct {
 	registry *discovery.Static
 	edge     *edge.Edge
@@ -81,27 +82,36 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	serviceCfg := opts.Server
 	serviceCfg.Addr = "127.0.0.1:0"
 
+	// Services outlive the edge: they stop only after the edge has drained,
+	// so calls the edge accepted can still reach them.
+	servicesCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
+	fail := func(err error) (*Platform, error) {
+		stopServices()
+		_ = p.Wait()
+		return nil, err
+	}
+
 	users, err := userservice.New(ctx, userservice.Config{
 		Server:   serviceCfg,
 		Database: database.Config{Driver: database.DriverSQLite, DataDir: opts.DataDir, Name: userservice.Name},
 		TokenKey: opts.TokenKey,
 	}, opts.Logger.With(slog.String("service", "user")))
 	if err != nil {
-		return nil, fmt.Errorf("user service: %w", err)
+		return fail(fmt.Errorf("user service: %w", err))
 	}
-	if err := p.startService(ctx, "user", users); err != nil {
-		return nil, err
+	if err := p.startService(servicesCtx, userservice.Name, users); err != nil {
+		return fail(err)
 	}
 
 	e, err := edge.New(edge.Config{Server: withAddr(opts.Server, opts.EdgeAddr)}, p.registry, opts.Logger.With(slog.String("service", "edge")))
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	if err := e.Listen(); err != nil {
-		return nil, fmt.Errorf("edge: %w", err)
+		return fail(fmt.Errorf("edge: %w", err))
 	}
 	p.edge = e
-	p.run(ctx, "edge", e)
+	p.run(ctx, "edge", e, stopServices)
 	return p, nil
 }
 
@@ -131,10 +141,13 @@ func (p *Platform) startService(ctx context.Context, name string, proc process) 
 	return nil
 }
 
-func (p *Platform) run(ctx context.Context, name string, proc process) {
+func (p *Platform) run(ctx context.Context, name string, proc process, after ...func()) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
+		for _, fn := range after {
+			defer fn()
+		}
 		if err := proc.Serve(ctx); err != nil {
 			p.mu.Lock()
 			p.errs = append(p.errs, fmt.Errorf("%s: %w", name, err))
