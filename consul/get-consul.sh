@@ -10,14 +10,26 @@ CONSUL_VERSION=1.14.11
 cache="${KEEL_CACHE:-$HOME/.cache/keel}/consul/$CONSUL_VERSION"
 bin="$cache/consul"
 
-if [ -x "$bin" ] && "$bin" version 2>/dev/null | grep -q "v$CONSUL_VERSION"; then
+# Read the whole version output before matching: with pipefail, "grep -q"
+# exiting early makes the pipe fail with SIGPIPE and forces a rebuild.
+if [ -x "$bin" ] && [[ "$("$bin" version 2>/dev/null)" == *"v$CONSUL_VERSION"* ]]; then
 	echo "$bin"
 	exit 0
 fi
 
+mkdir -p "$cache"
+# One build at a time: test packages run in parallel and may all get here.
+if command -v flock >/dev/null 2>&1; then
+	exec 9>"$cache/.build.lock"
+	flock 9
+	if [ -x "$bin" ] && [[ "$("$bin" version 2>/dev/null)" == *"v$CONSUL_VERSION"* ]]; then
+		echo "$bin"
+		exit 0
+	fi
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$cache"
 cd "$work"
 echo "consul: building v$CONSUL_VERSION from source into $cache (first run only, takes minutes)" >&2
 go mod init keel.local/consulbuild >/dev/null 2>&1
