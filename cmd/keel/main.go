@@ -33,6 +33,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "up":
 		return up(ctx, args[1:], stdout, stderr)
+	case "config":
+		return configCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keel", version)
 		return nil
@@ -50,6 +52,7 @@ func usage(w io.Writer) {
 
 Commands:
   up        start every service and the edge on loopback (Ctrl-C stops them)
+  config    push seed config files to Consul KV, or diff them (push|diff --env ENV)
   version   print the version
 
 Run "keel <command> -h" for a command's flags.
