@@ -76,6 +76,7 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 		transport: client.NewTransport(resolver),
 		errors:    connect.NewErrorWriter(),
 		logger:    logger,
+		maxBuffer: 1 << 20,
 	})
 	return &Edge{server: srv, routes: routes}, nil
 }

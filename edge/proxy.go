@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/keelplatform/keel/internal/client"
 	"github.com/keelplatform/keel/internal/discovery"
 )
 
@@ -27,6 +29,9 @@ type proxy struct {
 	transport http.RoundTripper
 	errors    *connect.ErrorWriter
 	logger    *slog.Logger
+	// maxBuffer is the largest unary request body buffered so that a
+	// failed instance can be retried; larger bodies stream through.
+	maxBuffer int64
 }
 
 // hopHeaders are connection-level headers that must not be forwarded
@@ -91,9 +96,32 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out.Header["X-Forwarded-For"] = []string{host}
 	}
 	var body *requestBody
+	m := p.routes.methods[r.URL.Path]
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-		body = &requestBody{body: r.Body}
-		out.Body = body
+		if m.unary && r.ContentLength <= p.maxBuffer {
+			// Buffer the single request message so that the call can be
+			// sent to another instance if this one turns out to be dead.
+			buf, err := io.ReadAll(io.LimitReader(r.Body, p.maxBuffer+1))
+			switch {
+			case err != nil:
+				p.fail(w, r, connect.NewError(connect.CodeCanceled, fmt.Errorf("read request: %w", err)))
+				return
+			case int64(len(buf)) > p.maxBuffer:
+				body = &requestBody{body: readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}}
+				out.Body = body
+				out.ContentLength = -1
+			default:
+				out.Body = io.NopCloser(bytes.NewReader(buf))
+				out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+				out.ContentLength = int64(len(buf))
+			}
+		} else {
+			body = &requestBody{body: r.Body}
+			out.Body = body
+		}
+	}
+	if m.idempotent {
+		ctx = client.Idempotent(ctx)
 	}
 	out = out.WithContext(ctx)
 
@@ -227,6 +255,11 @@ func requestTimeout(h http.Header) (time.Duration, bool) {
 		return time.Duration(value) * unit, true
 	}
 	return 0, false
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // requestBody forwards the caller's request body and can be closed by the

@@ -6,6 +6,9 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
 	"github.com/keelplatform/keel/gen/go/shop/order/v1/orderv1connect"
@@ -30,12 +33,36 @@ func ShopServices() []string {
 // (discovery name) that serves it. It is read-only after construction.
 type routeTable struct {
 	upstream map[string]string
+	methods  map[string]method // by procedure path, for services with a registered contract
 	resolver discovery.Resolver
 }
 
+// method is what the edge knows of a procedure from its contract.
+type method struct {
+	// unary calls carry one request message, which the edge may buffer
+	// to send again elsewhere if an instance fails.
+	unary bool
+	// idempotent calls (NO_SIDE_EFFECTS or IDEMPOTENT) may be sent again
+	// even when the failed instance may have seen them.
+	idempotent bool
+}
+
 func newRouteTable(services []string, overrides map[string]string, resolver discovery.Resolver) (*routeTable, error) {
-	t := &routeTable{upstream: make(map[string]string, len(services)), resolver: resolver}
+	t := &routeTable{upstream: make(map[string]string, len(services)), methods: make(map[string]method), resolver: resolver}
 	for _, name := range services {
+		if desc, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name)); err == nil {
+			if sd, ok := desc.(protoreflect.ServiceDescriptor); ok {
+				for i := range sd.Methods().Len() {
+					md := sd.Methods().Get(i)
+					opts, _ := md.Options().(*descriptorpb.MethodOptions)
+					level := opts.GetIdempotencyLevel()
+					t.methods["/"+name+"/"+string(md.Name())] = method{
+						unary:      !md.IsStreamingClient() && !md.IsStreamingServer(),
+						idempotent: level == descriptorpb.MethodOptions_NO_SIDE_EFFECTS || level == descriptorpb.MethodOptions_IDEMPOTENT,
+					}
+				}
+			}
+		}
 		logical, ok := overrides[name]
 		if !ok {
 			logical, ok = discovery.ServiceName(name)

@@ -8,9 +8,13 @@
 package client
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,10 +27,43 @@ import (
 // instance of the service named by the request URL's host, chosen round
 // robin among the instances the resolver returns. It is safe for concurrent
 // use.
+//
+// When an instance cannot be reached (connection refused, reset before an
+// answer), the transport sets it aside for [EjectFor] and tries another
+// instance, up to [MaxAttempts] in all, as long as the call is safe to send
+// again: its body can be replayed ([http.Request.GetBody] or no body) and
+// either it never reached the instance (a failed dial) or it is marked
+// idempotent with [Idempotent].
 type Transport struct {
 	resolver discovery.Resolver
 	h2c      *http.Transport
 	next     atomic.Uint64
+	ejected  sync.Map // instance address -> time.Time it may be picked again
+}
+
+// MaxAttempts is how many instances one call may be sent to.
+const MaxAttempts = 3
+
+// EjectFor is how long an instance that could not be reached is passed
+// over, while other instances remain. Discovery removes a dead instance
+// once its health check fails; this covers the seconds before that.
+const EjectFor = 5 * time.Second
+
+type idempotentKey struct{}
+
+// Idempotent marks the calls made with the returned context as safe to
+// send again after a transport failure, as calls to NO_SIDE_EFFECTS and
+// IDEMPOTENT methods are.
+func Idempotent(ctx context.Context) context.Context {
+	return context.WithValue(ctx, idempotentKey{}, true)
+}
+
+func isIdempotent(req *http.Request) bool {
+	if req.Method == http.MethodGet || req.Method == http.MethodHead {
+		return true
+	}
+	v, _ := req.Context().Value(idempotentKey{}).(bool)
+	return v
 }
 
 // NewTransport returns a transport that resolves through resolver and talks
@@ -56,29 +93,86 @@ func NewTransport(resolver discovery.Resolver) *Transport {
 
 // RoundTrip implements [http.RoundTripper].
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	inst, err := t.Pick(req.URL.Host)
-	if err != nil {
-		if req.Body != nil {
-			_ = req.Body.Close()
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	var tried []string
+	for attempt := 1; ; attempt++ {
+		inst, err := t.pick(req.URL.Host, tried)
+		if err != nil {
+			if req.Body != nil {
+				_ = req.Body.Close()
+			}
+			return nil, err
 		}
-		return nil, err
+		out := *req // shallow copy: RoundTrip must not modify the caller's request
+		u := *req.URL
+		u.Host = inst.Addr
+		out.URL = &u
+		out.Host = ""
+		if attempt > 1 && req.GetBody != nil {
+			if out.Body, err = req.GetBody(); err != nil {
+				return nil, fmt.Errorf("replay request body: %w", err)
+			}
+		}
+		res, err := t.h2c.RoundTrip(&out)
+		if err == nil {
+			return res, nil
+		}
+		unsent := isDialError(err)
+		t.eject(inst.Addr)
+		tried = append(tried, inst.Addr)
+		if attempt >= MaxAttempts || !replayable || req.Context().Err() != nil || !(unsent || isIdempotent(req)) {
+			return nil, fmt.Errorf("%s at %s: %w", req.URL.Host, inst.Addr, err)
+		}
 	}
-	out := *req // shallow copy: RoundTrip must not modify the caller's request
-	u := *req.URL
-	u.Host = inst.Addr
-	out.URL = &u
-	out.Host = ""
-	return t.h2c.RoundTrip(&out)
 }
 
 // Pick chooses the instance of service the next call goes to.
 func (t *Transport) Pick(service string) (discovery.Instance, error) {
+	return t.pick(service, nil)
+}
+
+// pick chooses round robin among the instances of service, passing over
+// those tried already in this call and those recently unreachable, unless
+// that leaves none.
+func (t *Transport) pick(service string, tried []string) (discovery.Instance, error) {
 	instances, err := t.resolver.Instances(service)
 	if err != nil {
 		return discovery.Instance{}, fmt.Errorf("resolve %q: %w", service, err)
 	}
 	n := t.next.Add(1)
+	now := time.Now()
+	fallback := -1
+	for i := range instances {
+		inst := instances[(n+uint64(i))%uint64(len(instances))]
+		if slices.Contains(tried, inst.Addr) {
+			continue
+		}
+		if until, ok := t.ejected.Load(inst.Addr); ok {
+			if now.Before(until.(time.Time)) {
+				if fallback < 0 {
+					fallback = int((n + uint64(i)) % uint64(len(instances)))
+				}
+				continue
+			}
+			t.ejected.Delete(inst.Addr)
+		}
+		return inst, nil
+	}
+	if fallback >= 0 {
+		return instances[fallback], nil
+	}
 	return instances[n%uint64(len(instances))], nil
+}
+
+func (t *Transport) eject(addr string) {
+	t.ejected.Store(addr, time.Now().Add(EjectFor))
+}
+
+// isDialError reports whether err happened before the request could reach
+// the instance, so sending it elsewhere cannot repeat its effect.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // CloseIdleConnections closes pooled connections that carry no call.

@@ -1,0 +1,94 @@
+package edge_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	"github.com/keelplatform/keel/edge"
+	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
+	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
+	"github.com/keelplatform/keel/internal/discovery"
+	"github.com/keelplatform/keel/internal/server"
+)
+
+type countingUsers struct {
+	userv1connect.UnimplementedUserServiceHandler
+	calls atomic.Int64
+}
+
+func (c *countingUsers) GetUser(_ context.Context, req *connect.Request[userv1.GetUserRequest]) (*connect.Response[userv1.GetUserResponse], error) {
+	c.calls.Add(1)
+	return connect.NewResponse(&userv1.GetUserResponse{User: &userv1.User{Id: req.Msg.GetId()}}), nil
+}
+
+func (c *countingUsers) Register(_ context.Context, req *connect.Request[userv1.RegisterRequest]) (*connect.Response[userv1.RegisterResponse], error) {
+	c.calls.Add(1)
+	return connect.NewResponse(&userv1.RegisterResponse{User: &userv1.User{Email: req.Msg.GetEmail()}}), nil
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestDeadInstanceIsRetriedElsewhere registers a live and a dead instance:
+// every call must still succeed, idempotent or not, because a refused
+// connection means the call never reached the dead one.
+func TestDeadInstanceIsRetriedElsewhere(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	users := &countingUsers{}
+	upstream := server.New(server.Config{}, slog.New(slog.DiscardHandler))
+	upstream.Handle(userv1connect.NewUserServiceHandler(users, upstream.HandlerOptions()...))
+	if err := upstream.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = upstream.Serve(ctx) }()
+
+	registry := discovery.NewStatic()
+	for id, addr := range map[string]string{"user-dead": deadAddr(t), "user-live": upstream.Addr()} {
+		if err := registry.Register(ctx, discovery.Instance{ID: id, Service: "user", Addr: addr}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := edge.New(edge.Config{Server: server.Config{Addr: "127.0.0.1:0"}}, registry, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = e.Serve(ctx) }()
+
+	for name, opts := range map[string][]connect.ClientOption{
+		"connect": nil,
+		"grpc":    {connect.WithGRPC()},
+	} {
+		c := userv1connect.NewUserServiceClient(h2c(), "http://"+e.Addr(), opts...)
+		for i := range 10 {
+			if _, err := c.GetUser(ctx, connect.NewRequest(&userv1.GetUserRequest{Id: "0b5a3f4e-7c1d-4a8e-9f55-2f4b8b1c9d10"})); err != nil {
+				t.Fatalf("%s: idempotent call %d failed: %v", name, i, err)
+			}
+			if _, err := c.Register(ctx, connect.NewRequest(&userv1.RegisterRequest{Email: "a@example.com", Password: "correct horse", DisplayName: "A"})); err != nil {
+				t.Fatalf("%s: call %d failed: %v", name, i, err)
+			}
+		}
+	}
+	if got := users.calls.Load(); got != 40 {
+		t.Fatalf("live instance served %d calls, want 40 (each exactly once)", got)
+	}
+}
