@@ -67,11 +67,20 @@ new_token() {
 	fi
 }
 
+# alive reports whether pid runs and is not a zombie: where the agent was
+# reparented to an init that does not reap, an exited agent stays a zombie.
+alive() {
+	local state
+	kill -0 "$1" 2>/dev/null || return 1
+	state="$(ps -o stat= -p "$1" 2>/dev/null || true)"
+	[ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
+
 running_pid() {
 	local pid
 	[ -f "$1/consul.pid" ] || return 1
 	pid="$(cat "$1/consul.pid")"
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+	[ -n "$pid" ] && alive "$pid" && echo "$pid"
 }
 
 write_config() {
@@ -180,10 +189,10 @@ stop() {
 	# about 8s leaving a cluster of one.
 	kill -TERM "$pid" 2>/dev/null || true
 	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
+		alive "$pid" || break
 		sleep 0.1
 	done
-	if kill -0 "$pid" 2>/dev/null; then
+	if alive "$pid"; then
 		log "still running after 10s; killing"
 		kill -KILL "$pid" 2>/dev/null || true
 	fi

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect"
 	connectcors "connectrpc.com/cors"
@@ -40,6 +42,7 @@ type Config struct {
 type Edge struct {
 	server *server.Server
 	routes *routeTable
+	cors   atomic.Pointer[cors.Cors]
 }
 
 // New builds an edge that resolves upstreams through resolver.
@@ -57,19 +60,14 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
-	corsHandler := cors.New(cors.Options{
-		AllowedOrigins: cfg.AllowedOrigins,
-		AllowedMethods: connectcors.AllowedMethods(),
-		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),
-		ExposedHeaders: connectcors.ExposedHeaders(),
-		MaxAge:         7200,
-	})
+	e := &Edge{routes: routes}
+	e.SetAllowedOrigins(cfg.AllowedOrigins)
 	reflected := routes.services()
 	slices.Sort(reflected)
 	srv := server.New(cfg.Server, logger,
 		server.WithHealthChecker(routes),
 		server.WithReflection(reflected...),
-		server.WithMiddleware(corsHandler.Handler),
+		server.WithMiddleware(e.withCORS),
 	)
 	srv.HandleHTTP("/", &proxy{
 		routes:    routes,
@@ -78,7 +76,34 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 		logger:    logger,
 		maxBuffer: 1 << 20,
 	})
-	return &Edge{server: srv, routes: routes}, nil
+	e.server = srv
+	return e, nil
+}
+
+// SetAllowedOrigins replaces the browser origins CORS allows; "*" allows
+// any. It takes effect for the next request.
+func (e *Edge) SetAllowedOrigins(origins []string) {
+	e.cors.Store(cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),
+		ExposedHeaders: connectcors.ExposedHeaders(),
+		MaxAge:         7200,
+	}))
+}
+
+// withCORS answers preflights and adds CORS headers with the allowed
+// origins in effect.
+func (e *Edge) withCORS(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.cors.Load().ServeHTTP(w, r, next.ServeHTTP)
+	})
+}
+
+// SetShutdown changes the drain delay and shutdown timeout; see
+// [server.Server.SetShutdown].
+func (e *Edge) SetShutdown(drainDelay, shutdownTimeout time.Duration) {
+	e.server.SetShutdown(drainDelay, shutdownTimeout)
 }
 
 // Listen binds the edge's address; see [server.Server.Listen].

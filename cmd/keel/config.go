@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 
 	"github.com/keelplatform/keel/consul"
+	"github.com/keelplatform/keel/edge"
 	"github.com/keelplatform/keel/internal/config"
+	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
 // errConfigDiffers makes `keel config diff` exit with status 1 when Consul
@@ -25,7 +27,14 @@ var errConfigDiffers = errors.New("consul KV differs from the seed files")
 // A file without a validator is only checked for shape: YAML that parses,
 // a mapping at the top, every leaf a scalar or a list.
 func configValidators() map[string]func(data []byte) error {
-	return map[string]func(data []byte) error{}
+	return map[string]func(data []byte) error{
+		userservice.Name: func(b []byte) error {
+			return config.CheckFile(userservice.Name+".yaml", b, userservice.DefaultSettings())
+		},
+		edge.Name: func(b []byte) error {
+			return config.CheckFile(edge.Name+".yaml", b, edge.DefaultSettings())
+		},
+	}
 }
 
 func configUsage(w io.Writer) {
@@ -84,9 +93,7 @@ func configCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	switch sub {
 	case "push":
 		var opts []consul.PushOption
-		for svc, validate := range configValidators() {
-			opts = append(opts, consul.WithValidator(svc, validate))
-		}
+		opts = append(opts, configValidatorOptions()...)
 		changes, err := consul.Push(ctx, client, env, *dir, opts...)
 		if err != nil {
 			return fmt.Errorf("config push: %w", err)

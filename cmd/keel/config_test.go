@@ -27,7 +27,7 @@ func TestConfigPushDiff(t *testing.T) {
 	}
 
 	out, err := keel("config", "diff", "--env", "local", "--dir", dir)
-	if !errors.Is(err, errConfigDiffers) || !strings.Contains(out, "+ keel/local/user/log_level = debug") {
+	if !errors.Is(err, errConfigDiffers) || !strings.Contains(out, "+ keel/local/user/log_level = info") {
 		t.Errorf("diff before push: %v\n%s", err, out)
 	}
 	out, err = keel("config", "push", "--env", "local", "--dir", dir)
@@ -43,12 +43,12 @@ func TestConfigPushDiff(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err = keel("config", "diff", "--env", "local", "--dir", dir)
-	if !errors.Is(err, errConfigDiffers) || !strings.Contains(out, "~ keel/local/user/log_level: warn -> debug") || !strings.Contains(out, "1 key differs") {
+	if !errors.Is(err, errConfigDiffers) || !strings.Contains(out, "~ keel/local/user/log_level: warn -> info") || !strings.Contains(out, "1 key differs") {
 		t.Errorf("diff after a KV edit: %v\n%s", err, out)
 	}
 	t.Logf("keel config diff:\n%s", out)
 	out, err = keel("config", "push", "--env", "local", "--dir", dir)
-	if err != nil || !strings.Contains(out, "~ keel/local/user/log_level: warn -> debug") {
+	if err != nil || !strings.Contains(out, "~ keel/local/user/log_level: warn -> info") {
 		t.Errorf("second push: %v\n%s", err, out)
 	}
 	if out, err = keel("config", "push", "--env", "local", "--dir", dir); err != nil || !strings.Contains(out, "already matches") {

@@ -1,37 +1,62 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/exec"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/keelplatform/keel/cmd/keel/platform"
-	"github.com/keelplatform/keel/internal/logging"
+	"github.com/keelplatform/keel/consul"
+	"github.com/keelplatform/keel/internal/config"
 )
 
 func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags := flag.NewFlagSet("keel up", flag.ContinueOnError)
 	flags.SetOutput(stderr)
-	opts := platform.Options{}
-	flags.StringVar(&opts.EdgeAddr, "addr", "127.0.0.1:8080", "address of the edge, the platform's one front door")
-	flags.StringVar(&opts.DataDir, "data-dir", "data", "directory for each service's SQLite file")
-	logLevel := flags.String("log-level", "info", "log level: debug, info, warn or error")
+	opts := platform.Options{Log: stderr}
+	flags.StringVar(&opts.EdgeAddr, "addr", "", "address of the edge, the platform's front door (default: server/addr of consul/kv/ENV/edge.yaml, 127.0.0.1:8080 in local)")
+	flags.StringVar(&opts.DataDir, "data-dir", "", "directory of each service's SQLite file (default: database/data_dir of the service's settings, data in local)")
+	flags.StringVar(&opts.ConfigDir, "config-dir", "consul/kv", "directory of the configuration files <env>/<service>.yaml")
+	envName := flags.String("env", os.Getenv(config.EnvVar), "configuration environment: local, test or prod (default local)")
+	useConsul := flags.Bool("consul", false, "register in Consul and take configuration from Consul KV: the agent at CONSUL_HTTP_ADDR, or a dev agent started by consul/agent.sh")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
-	level, err := logging.ParseLevel(*logLevel)
+	env, err := config.ParseEnv(*envName)
 	if err != nil {
 		return err
 	}
-	var levelVar slog.LevelVar
-	levelVar.Set(level)
-	opts.Logger = logging.New(stderr, &levelVar, "keel")
+	opts.Env = env
 
 	began := time.Now()
+	discovery := "embedded static registry"
+	if *useConsul {
+		client, addr, stopAgent, err := connectConsul(ctx, stderr)
+		if err != nil {
+			return err
+		}
+		defer stopAgent()
+		changes, err := consul.Push(ctx, client, env, opts.ConfigDir, configValidatorOptions()...)
+		if err != nil {
+			return fmt.Errorf("push %s configuration to Consul KV: %w", env, err)
+		}
+		fmt.Fprintf(stderr, "keel: pushed %s configuration to Consul KV (%d keys changed)\n", env, len(changes))
+		backend := consul.NewBackend(client, slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		defer backend.Close()
+		opts.Backend = backend
+		discovery = "Consul at " + addr // never the token
+	}
+
 	p, err := platform.Start(ctx, opts)
 	if err != nil {
 		return err
@@ -39,6 +64,7 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	url := "http://" + p.EdgeAddr()
 	fmt.Fprintf(stdout, `
 Keel is up in %s: edge at %s
+  environment: %s, discovery: %s
   services: %s
 
 Try:
@@ -47,6 +73,59 @@ Try:
     -d '{"email":"ada@example.com","password":"correct horse","displayName":"Ada"}'
 
 Ctrl-C stops everything.
-`, time.Since(began).Round(time.Millisecond), url, strings.Join(p.Services(), ", "), url)
+`, time.Since(began).Round(time.Millisecond), url, env, discovery, strings.Join(p.Services(), ", "), url)
 	return p.Wait()
+}
+
+func configValidatorOptions() []consul.PushOption {
+	var opts []consul.PushOption
+	for svc, validate := range configValidators() {
+		opts = append(opts, consul.WithValidator(svc, validate))
+	}
+	return opts
+}
+
+// connectConsul returns a client for the agent at CONSUL_HTTP_ADDR or,
+// when that is unset, for a dev agent it starts with consul/agent.sh (and
+// stops again when keel up ends).
+func connectConsul(ctx context.Context, stderr io.Writer) (*api.Client, string, func(), error) {
+	if os.Getenv("CONSUL_HTTP_ADDR") != "" {
+		cfg := consul.ConfigFromEnv()
+		client, err := consul.NewClient(cfg)
+		return client, cfg.Addr, func() {}, err
+	}
+	dir := ".keel/consul"
+	fmt.Fprintf(stderr, "keel: starting a Consul dev agent (files in %s)\n", dir)
+	start := exec.CommandContext(ctx, "consul/agent.sh", "start", dir)
+	start.Stderr = stderr
+	out, err := start.Output()
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("start a Consul dev agent with consul/agent.sh: %w", err)
+	}
+	cfg := consul.Config{}
+	scanner := bufio.NewScanner(strings.NewReader(string(out)))
+	for scanner.Scan() {
+		key, value, _ := strings.Cut(scanner.Text(), "=")
+		switch key {
+		case "CONSUL_HTTP_ADDR":
+			cfg.Addr = value
+		case "CONSUL_HTTP_TOKEN":
+			cfg.Token = value
+		}
+	}
+	stop := func() {
+		cmd := exec.Command("consul/agent.sh", "stop", dir)
+		cmd.Stderr = stderr
+		_ = cmd.Run()
+	}
+	if cfg.Addr == "" {
+		stop()
+		return nil, "", nil, errors.New("consul/agent.sh printed no CONSUL_HTTP_ADDR")
+	}
+	client, err := consul.NewClient(cfg)
+	if err != nil {
+		stop()
+		return nil, "", nil, err
+	}
+	return client, cfg.Addr, stop, nil
 }

@@ -37,7 +37,7 @@ func TestUpPrintsAWorkingCurlLineAndStopsCleanly(t *testing.T) {
 	var stdout, stderr lockedBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"up", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "warn"}, &stdout, &stderr)
+		done <- run(ctx, []string{"up", "--env", "test", "--config-dir", "../../consul/kv", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, &stdout, &stderr)
 	}()
 
 	curl := regexp.MustCompile(`(?s)curl -s -X POST (\S+) \\\s+-H 'Content-Type: application/json' \\\s+-d '([^']+)'`)

@@ -149,6 +149,20 @@ func (s *Server) Services() []string {
 	return append([]string(nil), s.services...)
 }
 
+// SetShutdown changes the drain delay and shutdown timeout the next
+// shutdown uses, as configuration reloads do. Non-positive timeouts keep
+// the current one; a negative drain delay keeps the current one.
+func (s *Server) SetShutdown(drainDelay, shutdownTimeout time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if drainDelay >= 0 {
+		s.cfg.DrainDelay = drainDelay
+	}
+	if shutdownTimeout > 0 {
+		s.cfg.ShutdownTimeout = shutdownTimeout
+	}
+}
+
 // OnStop registers fn to run first when shutdown starts, before health
 // turns NOT_SERVING and the server drains: deregistering from discovery
 // belongs here. fn gets a context bounded by the shutdown timeout.
@@ -217,24 +231,25 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DrainDelay+s.cfg.ShutdownTimeout)
-	defer cancel()
 	s.mu.Lock()
 	hooks := append([]func(context.Context){}, s.onStop...)
+	drainDelay, shutdownTimeout := s.cfg.DrainDelay, s.cfg.ShutdownTimeout
 	s.mu.Unlock()
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainDelay+shutdownTimeout)
+	defer cancel()
 	for _, fn := range hooks {
 		fn(stopCtx)
 	}
 	s.health.drain()
-	s.logger.Info("draining", slog.Duration("drain_delay", s.cfg.DrainDelay))
-	if s.cfg.DrainDelay > 0 {
-		time.Sleep(s.cfg.DrainDelay)
+	s.logger.Info("draining", slog.Duration("drain_delay", drainDelay))
+	if drainDelay > 0 {
+		time.Sleep(drainDelay)
 	}
-	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancelShutdown()
 	if err := httpServer.Shutdown(shutdownCtx); err != nil {
 		_ = httpServer.Close()
-		s.logger.Warn("in-flight calls cut off at shutdown timeout", slog.Duration("timeout", s.cfg.ShutdownTimeout))
+		s.logger.Warn("in-flight calls cut off at shutdown timeout", slog.Duration("timeout", shutdownTimeout))
 	}
 	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve %s: %w", s.Addr(), err)

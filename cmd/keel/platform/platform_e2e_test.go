@@ -17,7 +17,7 @@ import (
 	"github.com/keelplatform/keel/cmd/keel/platform"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
-	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/config"
 )
 
 type running struct {
@@ -26,11 +26,21 @@ type running struct {
 	stop context.CancelFunc
 }
 
-// up starts the platform exactly as `keel up` does, on free loopback ports.
-func up(t *testing.T, cfg server.Config) *running {
+// up starts the platform as `keel up` does, with the test environment's
+// configuration (free loopback ports) and settings overridden through
+// KEEL_<KEY> environment variables.
+func up(t *testing.T, settings map[string]string) *running {
 	t.Helper()
+	for k, v := range settings {
+		t.Setenv(k, v)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p, err := platform.Start(ctx, platform.Options{EdgeAddr: "127.0.0.1:0", DataDir: t.TempDir(), Server: cfg})
+	p, err := platform.Start(ctx, platform.Options{
+		Env:       config.EnvTest,
+		ConfigDir: "../../../consul/kv",
+		EdgeAddr:  "127.0.0.1:0",
+		DataDir:   t.TempDir(),
+	})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -79,7 +89,7 @@ var protocols = map[string]struct {
 }
 
 func TestRegisterAndGetThroughTheEdgeInEveryProtocol(t *testing.T) {
-	r := up(t, server.Config{})
+	r := up(t, nil)
 
 	status, body := postJSON(t, r.url+"/shop.user.v1.UserService/Register",
 		`{"email":"Ada@Example.com","password":"correct horse","displayName":"Ada"}`)
@@ -143,7 +153,7 @@ func TestRegisterAndGetThroughTheEdgeInEveryProtocol(t *testing.T) {
 }
 
 func TestErrorsThroughTheEdge(t *testing.T) {
-	r := up(t, server.Config{MaxRequestBytes: 64 << 10})
+	r := up(t, map[string]string{"KEEL_SERVER_MAX_REQUEST_BYTES": "65536"})
 	if status, body := postJSON(t, r.url+"/shop.user.v1.UserService/Register",
 		`{"email":"grace@example.com","password":"correct horse","displayName":"Grace"}`); status != http.StatusOK {
 		t.Fatalf("register: %d %v", status, body)
@@ -215,7 +225,7 @@ func TestErrorsThroughTheEdge(t *testing.T) {
 }
 
 func TestReflectionThroughTheEdge(t *testing.T) {
-	r := up(t, server.Config{})
+	r := up(t, nil)
 	stream := grpcreflect.NewClient(h2c(), r.url, connect.WithGRPC()).NewStream(context.Background())
 	defer stream.Close()
 	names, err := stream.ListServices()
@@ -236,7 +246,7 @@ func TestReflectionThroughTheEdge(t *testing.T) {
 }
 
 func TestHealthTurnsNotServingDuringShutdown(t *testing.T) {
-	r := up(t, server.Config{DrainDelay: time.Second})
+	r := up(t, map[string]string{"KEEL_SERVER_DRAIN_DELAY": "1s"})
 	health := grpchealth.NewClient(h2c(), r.url, connect.WithGRPC())
 	check, err := health.Check(context.Background(), &grpchealth.CheckRequest{})
 	if err != nil || check.Status != grpchealth.StatusServing {

@@ -1,17 +1,18 @@
-// Package service assembles the user service: its store, its handler and a
-// server that speaks every protocol on one port. The user binary
-// (services/user) and `keel up` both start it through [New].
+// Package service assembles the user service: its settings, its store, its
+// handler and a server that speaks every protocol on one port. The user
+// binary (services/user) and `keel up` both boot it through [Service].
 package service
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/auth"
+	"github.com/keelplatform/keel/internal/boot"
+	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/database"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/services/user/internal/handler"
@@ -19,62 +20,157 @@ import (
 	"github.com/keelplatform/keel/services/user/internal/store"
 )
 
-// Name is the user service's logical name in discovery.
+// Name is the user service's logical name in discovery and configuration.
 const Name = "user"
 
-// Config configures the user service. The zero value of each field means
-// its documented default, except TokenKey, which is required.
-type Config struct {
-	// Server is how the service listens.
-	Server server.Config
-	// Database is where accounts are stored. Default: SQLite file
-	// "user.db" under "data".
-	Database database.Config
-	// TokenKey signs login tokens (HS256); at least 32 bytes.
-	TokenKey []byte
-	// TokenTTL is how long a login token is valid. Default 1h.
-	TokenTTL time.Duration
-	// Hashing are the argon2id parameters for new password hashes.
-	// Default: password.DefaultParams.
-	Hashing password.Params
+// Secrets the service reads from its environment, never from configuration.
+const (
+	// TokenKeyVar holds the key that signs login tokens, at least 32 bytes.
+	TokenKeyVar = "KEEL_TOKEN_KEY"
+	// DatabaseDSNVar holds the PostgreSQL connection string when
+	// database/driver is postgres.
+	DatabaseDSNVar = "KEEL_DATABASE_DSN"
+)
+
+// Settings are the user service's configuration, the keys of
+// consul/kv/<env>/user.yaml and of keel/<env>/user/ in Consul KV.
+type Settings struct {
+	config.Process `yaml:",inline"`
+	// TokenTTL is how long a login token is valid; it applies to tokens
+	// issued after a change. Dynamic. Default 1h.
+	TokenTTL time.Duration `yaml:"token_ttl"`
+	// PasswordHashing is the argon2id cost of new password hashes. Static.
+	// Default: time 2, memory_kib 19456, threads 1 (OWASP's minimum).
+	PasswordHashing Hashing `yaml:"password_hashing" keel:"static"`
+	// Database is where accounts are stored. Static. Default: SQLite under "data".
+	Database Database `yaml:"database" keel:"static"`
 }
 
-// Service is a user service ready to serve. Create it with [New].
-type Service struct {
+// Hashing is an argon2id cost.
+type Hashing struct {
+	// Time is the number of passes over memory, 1 to 64.
+	Time uint32 `yaml:"time"`
+	// MemoryKiB is the memory per hash in KiB, 8192 to 1048576.
+	MemoryKiB uint32 `yaml:"memory_kib"`
+	// Threads is the degree of parallelism, 1 to 255.
+	Threads uint8 `yaml:"threads"`
+}
+
+// Database says where accounts are stored.
+type Database struct {
+	// Driver is "sqlite" (a file under DataDir) or "postgres" (the DSN in
+	// KEEL_DATABASE_DSN).
+	Driver string `yaml:"driver"`
+	// DataDir is the directory of the SQLite file user.db.
+	DataDir string `yaml:"data_dir"`
+}
+
+// DefaultSettings returns the documented defaults.
+func DefaultSettings() Settings {
+	return Settings{
+		Process:  config.DefaultProcess(),
+		TokenTTL: time.Hour,
+		PasswordHashing: Hashing{
+			Time:      password.DefaultParams.Time,
+			MemoryKiB: password.DefaultParams.Memory,
+			Threads:   password.DefaultParams.Threads,
+		},
+		Database: Database{Driver: database.DriverSQLite, DataDir: "data"},
+	}
+}
+
+// Validate reports every setting out of range, naming its key.
+func (s Settings) Validate() error {
+	errs := []error{s.Process.Validate()}
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &config.KeyError{Key: key, Err: fmt.Errorf(format, args...)})
+	}
+	if s.TokenTTL <= 0 || s.TokenTTL > 30*24*time.Hour {
+		bad("token_ttl", "must be positive and at most 720h, got %s", s.TokenTTL)
+	}
+	if h := s.PasswordHashing; h.Time < 1 || h.Time > 64 {
+		bad("password_hashing/time", "must be 1 to 64, got %d", h.Time)
+	}
+	if h := s.PasswordHashing; h.MemoryKiB < 8192 || h.MemoryKiB > 1<<20 {
+		bad("password_hashing/memory_kib", "must be 8192 to 1048576, got %d", h.MemoryKiB)
+	}
+	if s.PasswordHashing.Threads < 1 {
+		bad("password_hashing/threads", "must be 1 to 255, got %d", s.PasswordHashing.Threads)
+	}
+	switch s.Database.Driver {
+	case database.DriverSQLite:
+		if s.Database.DataDir == "" {
+			bad("database/data_dir", "must be set for sqlite")
+		}
+	case database.DriverPostgres:
+	default:
+		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
+	}
+	return errors.Join(errs...)
+}
+
+// Service describes the user service to [boot].
+func Service() boot.Service[Settings] {
+	return boot.Service[Settings]{
+		Name:     Name,
+		Meta:     map[string]string{"contract": "shop.user.v1", "services": userv1connect.UserServiceName},
+		Defaults: DefaultSettings(),
+		Build:    build,
+	}
+}
+
+// process is the running user service: its server, closing the store once
+// the server has drained.
+type process struct {
 	*server.Server
 	store *store.Store
 }
 
-// New opens the store (migrating its schema) and builds the server.
-func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Service, error) {
-	if cfg.Database.Name == "" {
-		cfg.Database.Name = Name
+func (p *process) Serve(ctx context.Context) error {
+	err := p.Server.Serve(ctx)
+	return errors.Join(err, p.store.Close())
+}
+
+func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
+	settings := env.Config.Current()
+	key, _ := env.Secret(TokenKeyVar)
+	if len(key) < auth.MinKeyLen {
+		return nil, fmt.Errorf("%s must hold a token signing key of at least %d bytes", TokenKeyVar, auth.MinKeyLen)
 	}
-	if cfg.Database.Driver == "" && cfg.Database.DataDir == "" {
-		cfg.Database.DataDir = "data"
+	db := database.Config{Driver: settings.Database.Driver, DataDir: settings.Database.DataDir, Name: Name}
+	if db.Driver == database.DriverPostgres {
+		dsn, _ := env.Secret(DatabaseDSNVar)
+		if dsn == "" {
+			return nil, fmt.Errorf("database/driver is postgres but %s is not set", DatabaseDSNVar)
+		}
+		db.DSN = dsn
 	}
-	if cfg.TokenTTL <= 0 {
-		cfg.TokenTTL = time.Hour
-	}
-	if cfg.Hashing == (password.Params{}) {
-		cfg.Hashing = password.DefaultParams
-	}
-	st, err := store.Open(ctx, cfg.Database)
+	st, err := store.Open(ctx, db)
 	if err != nil {
 		return nil, fmt.Errorf("user store: %w", err)
 	}
-	h, err := handler.New(st, auth.Issuer{Key: cfg.TokenKey, TTL: cfg.TokenTTL}, cfg.Hashing, logger)
+	hashing := password.Params{
+		Time:    settings.PasswordHashing.Time,
+		Memory:  settings.PasswordHashing.MemoryKiB,
+		Threads: settings.PasswordHashing.Threads,
+	}
+	h, err := handler.New(st, auth.Issuer{Key: []byte(key), TTL: settings.TokenTTL}, hashing, env.Logger)
 	if err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("user handler: %w", err)
 	}
-	srv := server.New(cfg.Server, logger)
+	env.Config.OnChange(func(_, s Settings) { h.SetTokenTTL(s.TokenTTL) })
+
+	srv := server.New(serverConfig(settings.Process), env.Logger)
 	srv.Handle(userv1connect.NewUserServiceHandler(h, srv.HandlerOptions()...))
-	return &Service{Server: srv, store: st}, nil
+	return &process{Server: srv, store: st}, nil
 }
 
-// Serve answers calls until ctx is done, drains, then closes the store.
-func (s *Service) Serve(ctx context.Context) error {
-	err := s.Server.Serve(ctx)
-	return errors.Join(err, s.store.Close())
+func serverConfig(p config.Process) server.Config {
+	return server.Config{
+		Addr:            p.Server.Addr,
+		MaxRequestBytes: p.Server.MaxRequestBytes,
+		DrainDelay:      p.Server.DrainDelay,
+		ShutdownTimeout: p.Server.ShutdownTimeout,
+	}
 }

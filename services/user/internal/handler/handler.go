@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -44,6 +46,9 @@ type Handler struct {
 	// so that such a login costs what a wrong password costs and timing
 	// does not reveal which emails are registered.
 	dummyHash string
+	// tokenTTL overrides tokens.TTL once set, so configuration can change
+	// it while the service runs.
+	tokenTTL atomic.Int64
 }
 
 var _ userv1connect.UserServiceHandler = (*Handler)(nil)
@@ -67,7 +72,17 @@ func New(users account.Repository, tokens auth.Issuer, hashing password.Params, 
 	if err != nil {
 		return nil, fmt.Errorf("handler: %w", err)
 	}
-	return &Handler{users: users, tokens: tokens, hashing: hashing, logger: logger, dummyHash: dummy}, nil
+	h := &Handler{users: users, tokens: tokens, hashing: hashing, logger: logger, dummyHash: dummy}
+	h.tokenTTL.Store(int64(tokens.TTL))
+	return h, nil
+}
+
+// SetTokenTTL changes how long tokens issued from now on are valid; ttl
+// must be positive.
+func (h *Handler) SetTokenTTL(ttl time.Duration) {
+	if ttl > 0 {
+		h.tokenTTL.Store(int64(ttl))
+	}
 }
 
 // Register implements [userv1connect.UserServiceHandler.Register].
@@ -116,7 +131,9 @@ func (h *Handler) Login(ctx context.Context, req *connect.Request[userv1.LoginRe
 	if !ok {
 		return nil, badCredentials
 	}
-	token, expires, err := h.tokens.Issue(u.ID.String())
+	issuer := h.tokens
+	issuer.TTL = time.Duration(h.tokenTTL.Load())
+	token, expires, err := issuer.Issue(u.ID.String())
 	if err != nil {
 		return nil, h.internal(ctx, req.Spec(), err)
 	}

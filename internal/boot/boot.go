@@ -1,0 +1,282 @@
+// Package boot starts a Keel process the same way everywhere: in its own
+// binary, under `keel up`, and in tests. It builds the process's typed
+// configuration from its layers and keeps it current, sets up logging,
+// connects discovery, and serves: the instance registers once it listens
+// and deregisters first when it stops, before it drains.
+//
+// Where discovery and configuration live is a [Backend]: [Static] is the
+// embedded one (an in-process registry, files only); the consul package
+// provides Consul.
+package boot
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/discovery"
+	"github.com/keelplatform/keel/internal/logging"
+)
+
+// Backend is where processes find each other and their configuration.
+type Backend interface {
+	// Registry records the instances this process serves.
+	Registry() discovery.Registry
+	// Resolver finds the instances of peers.
+	Resolver() discovery.Resolver
+	// ConfigSource is the KV layer of service's configuration in env, or
+	// nil when the backend has none.
+	ConfigSource(env config.Env, service string) config.Source
+	// Close stops the backend's watches and background work. It does not
+	// deregister anything.
+	Close() error
+}
+
+// Static is the embedded backend: the static registry is both registry and
+// resolver, and configuration comes from files and the environment only.
+type Static struct {
+	// Discovery is the shared in-process registry.
+	Discovery *discovery.Static
+}
+
+// Registry implements [Backend].
+func (s Static) Registry() discovery.Registry { return s.Discovery }
+
+// Resolver implements [Backend].
+func (s Static) Resolver() discovery.Resolver { return s.Discovery }
+
+// ConfigSource implements [Backend]: the static backend has no KV layer.
+func (s Static) ConfigSource(config.Env, string) config.Source { return nil }
+
+// Close implements [Backend].
+func (s Static) Close() error { return nil }
+
+// Process is a server a [Service] builds: a service or the edge.
+type Process interface {
+	// Listen binds the process's address.
+	Listen() error
+	// Addr is the bound host:port.
+	Addr() string
+	// OnStop registers a function to run first when shutdown starts.
+	OnStop(func(context.Context))
+	// Serve answers calls until ctx is done, then drains.
+	Serve(ctx context.Context) error
+}
+
+// Settings is what every settings struct has: the common process settings
+// (embed [config.Process] inline to get them).
+type Settings interface {
+	ProcessConfig() config.Process
+}
+
+// Env is what a service gets to build its process.
+type Env[T Settings] struct {
+	// Config holds the settings in effect and notifies changes.
+	Config *config.Watcher[T]
+	// Logger is the process's logger; its level follows log_level.
+	Logger *slog.Logger
+	// Resolver finds peers by logical name, for internal/client.
+	Resolver discovery.Resolver
+	// Secret reads a secret (a signing key, a DSN password) that never
+	// belongs in configuration files or KV: environment variables by
+	// default.
+	Secret func(name string) (string, bool)
+}
+
+// Service describes a process to boot.
+type Service[T Settings] struct {
+	// Name is the logical name the process registers under, e.g. "user".
+	Name string
+	// Meta describes instances in discovery: contract package, version.
+	Meta map[string]string
+	// Defaults are the built-in settings, the lowest configuration layer.
+	Defaults T
+	// Build makes the process from its environment. It must not listen.
+	Build func(ctx context.Context, env Env[T]) (Process, error)
+}
+
+// Options say where a process runs. The zero value of each field means its
+// documented default.
+type Options struct {
+	// Env selects the configuration environment. Default: KEEL_ENV, or local.
+	Env config.Env
+	// ConfigDir holds the seed files <env>/<service>.yaml. Default:
+	// KEEL_CONFIG_DIR, or "consul/kv". A missing directory leaves out the
+	// file layer, with a warning.
+	ConfigDir string
+	// Backend is discovery and configuration. Default: a new [Static].
+	Backend Backend
+	// Log receives the JSON logs. Default os.Stderr.
+	Log io.Writer
+	// LookupEnv reads environment variables, for the environment layer of
+	// configuration and for secrets. Default os.LookupEnv.
+	LookupEnv func(string) (string, bool)
+}
+
+// Running is a booted process.
+type Running struct {
+	// Instance is how the process is registered in discovery.
+	Instance discovery.Instance
+	done     chan struct{}
+	err      error
+}
+
+// Wait blocks until the process has stopped and returns why.
+func (r *Running) Wait() error {
+	<-r.done
+	return r.err
+}
+
+// Start builds, listens and registers the process, then serves it in the
+// background until ctx is done. It returns once the process listens.
+func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Running, error) {
+	if opts.LookupEnv == nil {
+		opts.LookupEnv = os.LookupEnv
+	}
+	if opts.Log == nil {
+		opts.Log = os.Stderr
+	}
+	if opts.Env == "" {
+		v, _ := opts.LookupEnv(config.EnvVar)
+		env, err := config.ParseEnv(v)
+		if err != nil {
+			return nil, err
+		}
+		opts.Env = env
+	}
+	if opts.ConfigDir == "" {
+		opts.ConfigDir = "consul/kv"
+		if v, ok := opts.LookupEnv("KEEL_CONFIG_DIR"); ok && v != "" {
+			opts.ConfigDir = v
+		}
+	}
+	if opts.Backend == nil {
+		opts.Backend = Static{Discovery: discovery.NewStatic()}
+	}
+
+	var level slog.LevelVar
+	logger := logging.New(opts.Log, &level, svc.Name)
+	dir := opts.ConfigDir
+	if _, err := os.Stat(dir); err != nil {
+		logger.Warn("no configuration files; using built-in defaults, KV and environment", slog.String("dir", dir))
+		dir = ""
+	}
+	watcher, err := config.Start(ctx, config.Options[T]{
+		Service:   svc.Name,
+		Env:       opts.Env,
+		Dir:       dir,
+		Source:    opts.Backend.ConfigSource(opts.Env, svc.Name),
+		Defaults:  svc.Defaults,
+		Logger:    logger,
+		LookupEnv: settingsOnly(opts.LookupEnv),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: configuration: %w", svc.Name, err)
+	}
+	config.FollowLogLevel(watcher, &level)
+
+	proc, err := svc.Build(ctx, Env[T]{
+		Config:   watcher,
+		Logger:   logger,
+		Resolver: opts.Backend.Resolver(),
+		Secret:   opts.LookupEnv,
+	})
+	if err != nil {
+		watcher.Close()
+		return nil, fmt.Errorf("%s: %w", svc.Name, err)
+	}
+	if shutdowner, ok := proc.(interface {
+		SetShutdown(drainDelay, shutdownTimeout time.Duration)
+	}); ok {
+		apply := func(cfg T) {
+			s := cfg.ProcessConfig().Server
+			shutdowner.SetShutdown(s.DrainDelay, s.ShutdownTimeout)
+		}
+		apply(watcher.Current())
+		watcher.OnChange(func(_, cfg T) { apply(cfg) })
+	}
+	if err := proc.Listen(); err != nil {
+		watcher.Close()
+		return nil, fmt.Errorf("%s: %w", svc.Name, err)
+	}
+
+	inst := discovery.Instance{
+		ID:      fmt.Sprintf("%s-%s", svc.Name, strings.ReplaceAll(proc.Addr(), ":", "-")),
+		Service: svc.Name,
+		Addr:    proc.Addr(),
+		Tags:    []string{"keel", "connect", "grpc", "grpc-web"},
+		Meta: map[string]string{
+			"env":       string(opts.Env),
+			"version":   buildVersion(),
+			"protocols": "connect,grpc,grpc-web",
+		},
+	}
+	for k, v := range svc.Meta {
+		inst.Meta[k] = v
+	}
+	registry := opts.Backend.Registry()
+	if err := registry.Register(ctx, inst); err != nil {
+		watcher.Close()
+		return nil, fmt.Errorf("%s: register: %w", svc.Name, err)
+	}
+	proc.OnStop(func(ctx context.Context) {
+		if err := registry.Deregister(ctx, inst.ID); err != nil {
+			logger.Warn("deregister failed", slog.String("id", inst.ID), slog.String("error", err.Error()))
+			return
+		}
+		logger.Info("deregistered", slog.String("id", inst.ID))
+	})
+
+	r := &Running{Instance: inst, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		defer watcher.Close()
+		r.err = proc.Serve(ctx)
+	}()
+	logger.Info("started", slog.String("env", string(opts.Env)), slog.String("addr", inst.Addr), slog.String("id", inst.ID))
+	return r, nil
+}
+
+// Run starts the process and blocks until it stops.
+func Run[T Settings](ctx context.Context, svc Service[T], opts Options) error {
+	r, err := Start(ctx, svc, opts)
+	if err != nil {
+		return err
+	}
+	return r.Wait()
+}
+
+// buildVersion is the VCS revision the binary was built from, or "dev".
+func buildVersion() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dev"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return s.Value[:12]
+		}
+	}
+	return "dev"
+}
+
+// settingsOnly keeps secrets out of the configuration's environment layer:
+// a secret must never become a setting, which is logged and diffed.
+func settingsOnly(lookup func(string) (string, bool)) func(string) (string, bool) {
+	return func(name string) (string, bool) {
+		switch name {
+		case "KEEL_TOKEN_KEY", "KEEL_DATABASE_DSN":
+			return "", false
+		}
+		return lookup(name)
+	}
+}
