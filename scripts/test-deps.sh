@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure what Keel's tests start is installed: PostgreSQL 15 server
-# binaries (the tests start a throwaway cluster), and whatever later parts
-# add. Installs missing Debian packages; never starts anything itself.
+# binaries (the tests start a throwaway cluster) and ps (the Consul agent
+# script checks its process with it). Installs missing Debian packages;
+# never starts anything itself. The Consul agent is built by
+# consul/get-consul.sh, not installed.
 set -euo pipefail
 
 need=()
@@ -9,6 +11,7 @@ pg_bindir="$( (pg_config --bindir 2>/dev/null) || true)"
 if ! { [ -x /usr/lib/postgresql/15/bin/initdb ] || [ -x "$pg_bindir/initdb" ]; }; then
 	need+=(postgresql)
 fi
+command -v ps >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "test-deps: installing ${need[*]}"
 	if [ "$(id -u)" -ne 0 ]; then

@@ -13,6 +13,9 @@ step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - start))"; }
 step "tools"
 ./scripts/third-party.sh
 ./scripts/test-deps.sh
+# The Consul agent the tests run: cached after the first build (minutes).
+KEEL_CONSUL_BIN="$(./consul/get-consul.sh)"
+export KEEL_CONSUL_BIN
 
 step "lint"
 make --no-print-directory lint

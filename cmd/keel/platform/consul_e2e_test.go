@@ -20,11 +20,11 @@ import (
 	"connectrpc.com/connect"
 	"github.com/hashicorp/consul/api"
 
-	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
-	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/consul"
 	"github.com/keelplatform/keel/consul/consultest"
 	"github.com/keelplatform/keel/edge"
+	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
+	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/pgtest"
