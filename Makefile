@@ -52,6 +52,10 @@ gotest: ## Only the Go tests (needs the servers scripts/test.sh prepares).
 run: ## Bring the platform up on loopback with embedded defaults.
 	go run ./cmd/keel up
 
+.PHONY: run-consul
+run-consul: ## Like run, registered in Consul with config from Consul KV (CONSUL_HTTP_ADDR, or a dev agent).
+	go run ./cmd/keel up --consul
+
 .PHONY: bench
 bench: ## Go benchmarks of the runtime and edge.
 	go test -run '^$$' -bench . -benchmem ./internal/... ./edge/...

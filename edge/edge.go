@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 	connectcors "connectrpc.com/cors"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/cors"
 
 	"github.com/keelplatform/keel/internal/client"
@@ -69,11 +70,16 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 		server.WithReflection(reflected...),
 		server.WithMiddleware(e.withCORS),
 	)
+	metrics, err := newProxyMetrics(srv.Metrics(), routes)
+	if err != nil {
+		return nil, fmt.Errorf("edge: metrics: %w", err)
+	}
 	srv.HandleHTTP("/", &proxy{
 		routes:    routes,
 		transport: client.NewTransport(resolver),
 		errors:    connect.NewErrorWriter(),
 		logger:    logger,
+		metrics:   metrics,
 		maxBuffer: 1 << 20,
 	})
 	e.server = srv
@@ -99,6 +105,17 @@ func (e *Edge) withCORS(next http.Handler) http.Handler {
 		e.cors.Load().ServeHTTP(w, r, next.ServeHTTP)
 	})
 }
+
+// Metrics is the edge's Prometheus registry, served at GET /metrics; see
+// [server.Server.Metrics]. Besides the server's metrics it holds
+// keel_edge_requests_total{service,code} and
+// keel_edge_duration_seconds{service}, by logical service.
+func (e *Edge) Metrics() *prometheus.Registry { return e.server.Metrics() }
+
+// HandleHTTP mounts a plain HTTP handler next to the proxy, e.g. a debug
+// page; see [server.Server.HandleHTTP]. Its pattern must be more specific
+// than the proxy's "/". Call it before [Edge.Serve].
+func (e *Edge) HandleHTTP(pattern string, h http.Handler) { e.server.HandleHTTP(pattern, h) }
 
 // SetShutdown changes the drain delay and shutdown timeout; see
 // [server.Server.SetShutdown].

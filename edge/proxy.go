@@ -29,6 +29,7 @@ type proxy struct {
 	transport http.RoundTripper
 	errors    *connect.ErrorWriter
 	logger    *slog.Logger
+	metrics   *proxyMetrics
 	// maxBuffer is the largest unary request body buffered so that a
 	// failed instance can be retried; larger bodies stream through.
 	maxBuffer int64
@@ -52,16 +53,18 @@ var hopHeaders = map[string]bool{
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	protoService, ok := serviceOf(r.URL.Path)
 	if !ok {
-		p.fail(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%s is not a Keel procedure; want /package.Service/Method", r.URL.Path)))
+		p.fail(w, r, p.metrics.unrouted, start, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%s is not a Keel procedure; want /package.Service/Method", r.URL.Path)))
 		return
 	}
 	upstream, ok := p.routes.lookup(protoService)
 	if !ok {
-		p.fail(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown service %s", protoService)))
+		p.fail(w, r, p.metrics.unrouted, start, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown service %s", protoService)))
 		return
 	}
+	sm := p.metrics.services[upstream]
 	if r.ProtoMajor == 1 {
 		// Let the upstream answer before the whole request body is read
 		// (streams, early errors) without Go draining and closing it.
@@ -104,7 +107,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			buf, err := io.ReadAll(io.LimitReader(r.Body, p.maxBuffer+1))
 			switch {
 			case err != nil:
-				p.fail(w, r, connect.NewError(connect.CodeCanceled, fmt.Errorf("read request: %w", err)))
+				p.fail(w, r, sm, start, connect.NewError(connect.CodeCanceled, fmt.Errorf("read request: %w", err)))
 				return
 			case int64(len(buf)) > p.maxBuffer:
 				body = &requestBody{body: readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}}
@@ -130,7 +133,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if body != nil {
 			body.Close()
 		}
-		p.failUpstream(w, r, ctx, upstream, err)
+		p.failUpstream(w, r, ctx, sm, start, upstream, err)
 		return
 	}
 	defer res.Body.Close()
@@ -146,12 +149,18 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(res.StatusCode)
 
-	if err := copyResponse(w, res.Body, streams(res.Header)); err != nil {
+	contentType := res.Header.Get("Content-Type")
+	var sniffer bodySniffer
+	sniffer.sniffFor(res, contentType)
+	if err := copyResponse(w, res.Body, streams(contentType), &sniffer); err != nil {
 		if body != nil {
 			body.Close()
 		}
 		if r.Context().Err() == nil {
+			sm.observe(start, connect.CodeUnavailable)
 			p.logger.Warn("upstream response cut short", slog.String("service", upstream), slog.String("error", err.Error()))
+		} else {
+			sm.observe(start, connect.CodeCanceled)
 		}
 		// Reset the stream so the caller sees a failure, not a truncated success.
 		panic(http.ErrAbortHandler)
@@ -164,11 +173,13 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// caller may still send so neither side waits on the other.
 		body.Close()
 	}
+	sm.observe(start, responseCode(res, contentType, &sniffer))
 }
 
 // copyResponse copies an upstream body to w, flushing after every read when
-// the response is a stream so messages reach the caller as they come.
-func copyResponse(w http.ResponseWriter, src io.Reader, flush bool) error {
+// the response is a stream so messages reach the caller as they come, and
+// shows what it copies to sniffer.
+func copyResponse(w http.ResponseWriter, src io.Reader, flush bool, sniffer *bodySniffer) error {
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
 	buf := *bufp
@@ -176,6 +187,7 @@ func copyResponse(w http.ResponseWriter, src io.Reader, flush bool) error {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			sniffer.see(buf[:n])
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
@@ -194,26 +206,29 @@ func copyResponse(w http.ResponseWriter, src io.Reader, flush bool) error {
 
 // streams reports whether a response is framed as a stream of messages
 // (gRPC, gRPC-Web, Connect streaming) rather than a single unary body.
-func streams(h http.Header) bool {
-	ct := h.Get("Content-Type")
+func streams(ct string) bool {
 	return strings.HasPrefix(ct, "application/grpc") || strings.HasPrefix(ct, "application/connect+")
 }
 
-func (p *proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
+// fail answers the call with err in the caller's protocol and counts it
+// under sm with err's code.
+func (p *proxy) fail(w http.ResponseWriter, r *http.Request, sm *serviceMetrics, start time.Time, err error) {
 	_ = p.errors.Write(w, r, err)
+	sm.observe(start, connect.CodeOf(err))
 }
 
-func (p *proxy) failUpstream(w http.ResponseWriter, r *http.Request, ctx context.Context, upstream string, err error) {
+func (p *proxy) failUpstream(w http.ResponseWriter, r *http.Request, ctx context.Context, sm *serviceMetrics, start time.Time, upstream string, err error) {
 	switch {
 	case r.Context().Err() != nil:
+		sm.observe(start, connect.CodeCanceled)
 		return // the caller went away; nobody to answer
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		p.fail(w, r, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded before the upstream answered")))
+		p.fail(w, r, sm, start, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded before the upstream answered")))
 	case errors.Is(err, discovery.ErrNoInstances):
-		p.fail(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy instances of %s", upstream)))
+		p.fail(w, r, sm, start, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy instances of %s", upstream)))
 	default:
 		p.logger.Warn("upstream call failed", slog.String("service", upstream), slog.String("error", err.Error()))
-		p.fail(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("service %s is unreachable", upstream)))
+		p.fail(w, r, sm, start, connect.NewError(connect.CodeUnavailable, fmt.Errorf("service %s is unreachable", upstream)))
 	}
 }
 

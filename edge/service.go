@@ -69,3 +69,9 @@ func Service() boot.Service[Settings] {
 		},
 	}
 }
+
+// The edge exposes its registry and mounts the configuration status.
+var (
+	_ boot.MetricsProcess = (*Edge)(nil)
+	_ boot.HTTPProcess    = (*Edge)(nil)
+)

@@ -2,7 +2,10 @@
 // binary, under `keel up`, and in tests. It builds the process's typed
 // configuration from its layers and keeps it current, sets up logging,
 // connects discovery, and serves: the instance registers once it listens
-// and deregisters first when it stops, before it drains.
+// and deregisters first when it stops, before it drains. A process with a
+// Prometheus registry ([MetricsProcess]) gets the keel_config_* metrics,
+// and one that mounts HTTP handlers ([HTTPProcess]) serves the
+// configuration's status at [ConfigStatusPath].
 //
 // Where discovery and configuration live is a [Backend]: [Static] is the
 // embedded one (an in-process registry, files only); the consul package
@@ -167,11 +170,12 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		logger.Warn("no configuration files; using built-in defaults, KV and environment", slog.String("dir", dir))
 		dir = ""
 	}
+	source := opts.Backend.ConfigSource(opts.Env, svc.Name)
 	watcher, err := config.Start(ctx, config.Options[T]{
 		Service:   svc.Name,
 		Env:       opts.Env,
 		Dir:       dir,
-		Source:    opts.Backend.ConfigSource(opts.Env, svc.Name),
+		Source:    source,
 		Defaults:  svc.Defaults,
 		Logger:    logger,
 		LookupEnv: settingsOnly(opts.LookupEnv),
@@ -190,6 +194,15 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 	if err != nil {
 		watcher.Close()
 		return nil, fmt.Errorf("%s: %w", svc.Name, err)
+	}
+	if m, ok := proc.(MetricsProcess); ok {
+		if err := m.Metrics().Register(newConfigCollector(watcher.Status, source != nil)); err != nil {
+			watcher.Close()
+			return nil, fmt.Errorf("%s: register configuration metrics: %w", svc.Name, err)
+		}
+	}
+	if h, ok := proc.(HTTPProcess); ok {
+		h.HandleHTTP("GET "+ConfigStatusPath, configStatusHandler(watcher.Status))
 	}
 	if shutdowner, ok := proc.(interface {
 		SetShutdown(drainDelay, shutdownTimeout time.Duration)

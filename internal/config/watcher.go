@@ -47,6 +47,9 @@ type Status struct {
 	// LastRejection is why the last rejected version was rejected; it stays
 	// set after later versions are applied. Nil if none was ever rejected.
 	LastRejection error
+	// LastRejected is when the last rejected version was rejected; zero if
+	// none was ever rejected.
+	LastRejected time.Time
 	// PendingRestart lists the static keys whose wanted value differs from
 	// the running one: they take effect on the next start.
 	PendingRestart []string
@@ -316,6 +319,7 @@ func (w *Watcher[T]) reject(version uint64, err error) {
 	w.mu.Lock()
 	w.status.Rejected++
 	w.status.LastRejection = err
+	w.status.LastRejected = time.Now()
 	w.mu.Unlock()
 	w.logger.Error("config rejected; keeping the last good configuration",
 		slog.Any("keys", ErrorKeys(err)), slog.Uint64("version", version), slog.Any("error", err))

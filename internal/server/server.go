@@ -1,7 +1,7 @@
 // Package server runs a Keel service: one listener that speaks Connect
 // (JSON and binary), gRPC and gRPC-Web over HTTP/1.1 and h2c, with gRPC
 // health, gRPC reflection, request validation, panic recovery, access logs,
-// request limits and graceful shutdown.
+// Prometheus metrics at /metrics, request limits and graceful shutdown.
 //
 // A service builds its Connect handler with [Server.HandlerOptions], mounts
 // it with [Server.Handle] and calls [Server.Serve]:
@@ -26,6 +26,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/validate"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config is how a server listens and how it limits its callers. The zero
@@ -84,6 +85,7 @@ type Server struct {
 	options  []connect.HandlerOption
 	extra    options
 	errors   *connect.ErrorWriter
+	metrics  *metrics
 	catchAll bool // "/" is mounted; otherwise unknown paths get unimplemented
 
 	mu       sync.Mutex
@@ -93,7 +95,8 @@ type Server struct {
 
 // New returns a server that has not started listening. Its gRPC health
 // service reports SERVING for the server as a whole ("") and for every
-// service mounted with [Server.Handle], until shutdown starts.
+// service mounted with [Server.Handle], until shutdown starts. GET
+// /metrics serves its own Prometheus registry ([Server.Metrics]).
 func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 	cfg = cfg.withDefaults()
 	var extra options
@@ -101,26 +104,39 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 		opt(&extra)
 	}
 	s := &Server{
-		cfg:    cfg,
-		logger: logger,
-		mux:    http.NewServeMux(),
-		health: newHealthChecker(extra.checker),
-		extra:  extra,
-		errors: connect.NewErrorWriter(),
+		cfg:     cfg,
+		logger:  logger,
+		mux:     http.NewServeMux(),
+		health:  newHealthChecker(extra.checker),
+		extra:   extra,
+		errors:  connect.NewErrorWriter(),
+		metrics: newMetrics(),
 	}
 	s.options = []connect.HandlerOption{
+		// Outermost, so that recovered panics count as internal errors.
+		connect.WithInterceptors(s.metrics),
 		connect.WithRecover(s.recoverPanic),
 		connect.WithInterceptors(newAccessLog(logger), validate.NewInterceptor()),
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
 		connect.WithCompressMinBytes(1024),
 	}
 	s.mux.Handle(grpchealth.NewHandler(s.health))
+	s.mux.Handle("GET /metrics", s.metrics.handler())
 	return s
 }
 
+// Metrics is the server's own Prometheus registry, served at GET
+// /metrics. It holds the Go runtime and process collectors, the RPC
+// metrics keel_rpc_server_requests_total{procedure,code} and
+// keel_rpc_server_duration_seconds{procedure}, and keel_server_draining;
+// register the process's other collectors in it.
+func (s *Server) Metrics() *prometheus.Registry {
+	return s.metrics.registry
+}
+
 // HandlerOptions are the options every Connect handler mounted on this
-// server must be built with: panic recovery, access logs, protovalidate
-// request validation and the request size limit.
+// server must be built with: RPC metrics, panic recovery, access logs,
+// protovalidate request validation and the request size limit.
 func (s *Server) HandlerOptions() []connect.HandlerOption {
 	return s.options
 }
@@ -241,6 +257,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		fn(stopCtx)
 	}
 	s.health.drain()
+	s.metrics.draining.Set(1)
+	defer s.metrics.draining.Set(0)
 	s.logger.Info("draining", slog.Duration("drain_delay", drainDelay))
 	if drainDelay > 0 {
 		time.Sleep(drainDelay)

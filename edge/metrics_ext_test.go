@@ -1,0 +1,129 @@
+package edge_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// scrape fetches url's Prometheus text exposition and returns each
+// sample's value by its series as written.
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(res.Body)
+		t.Fatalf("GET %s: %d %s", url, res.StatusCode, body)
+	}
+	samples := map[string]float64{}
+	lines := bufio.NewScanner(res.Body)
+	for lines.Scan() {
+		line := lines.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("sample %q: %v", line, err)
+		}
+		samples[line[:i]] = v
+	}
+	return samples
+}
+
+func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
+	t.Parallel()
+	f := startEdge(t)
+	ctx := context.Background()
+
+	// Server streams end with their status in trailers (gRPC), in the
+	// body's trailer frame (gRPC-Web) or in the end-stream message (Connect).
+	for name, tc := range map[string]struct {
+		client *http.Client
+		opts   []connect.ClientOption
+	}{
+		"grpc":     {h2c(), []connect.ClientOption{connect.WithGRPC()}},
+		"grpc-web": {http.DefaultClient, []connect.ClientOption{connect.WithGRPCWeb()}},
+		"connect":  {http.DefaultClient, nil},
+	} {
+		c := connect.NewClient[wrapperspb.Int32Value, wrapperspb.Int32Value](tc.client, f.url+"/"+echoService+"/Count", tc.opts...)
+		stream, err := c.CallServerStream(ctx, connect.NewRequest(wrapperspb.Int32(3)))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for stream.Receive() {
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	// A client stream the upstream rejects: failed_precondition, per protocol.
+	for name, opts := range map[string][]connect.ClientOption{
+		"grpc":     {connect.WithGRPC()},
+		"grpc-web": {connect.WithGRPCWeb()},
+		"connect":  nil,
+	} {
+		c := connect.NewClient[wrapperspb.StringValue, wrapperspb.Int64Value](h2c(), f.url+"/"+echoService+"/Sink", opts...)
+		stream := c.CallClientStream(ctx)
+		_ = stream.Send(wrapperspb.String("fail"))
+		if _, err := stream.CloseAndReceive(); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+			t.Fatalf("%s: want failed_precondition, got %v", name, err)
+		}
+	}
+	// Connect unary errors: the code comes from the error body.
+	for range 2 {
+		c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](http.DefaultClient, f.url+"/"+echoService+"/Wait", connect.WithProtoJSON())
+		wait, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err := c.CallUnary(wait, connect.NewRequest(wrapperspb.String("x")))
+		cancel()
+		if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+			t.Fatalf("want deadline_exceeded, got %v", err)
+		}
+	}
+	// The edge's own answers: an unknown service, a bad path, no instances.
+	unknown := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/keel.test.v1.NoSuchService/Call", connect.WithGRPC())
+	if _, err := unknown.CallUnary(ctx, connect.NewRequest(wrapperspb.String("x"))); connect.CodeOf(err) != connect.CodeUnimplemented {
+		t.Fatalf("want unimplemented, got %v", err)
+	}
+	res, err := http.Post(f.url+"/not-a-procedure", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	empty := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/keel.test.v1.EmptyService/Call", connect.WithGRPCWeb())
+	if _, err := empty.CallUnary(ctx, connect.NewRequest(wrapperspb.String("x"))); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("want unavailable, got %v", err)
+	}
+
+	got := scrape(t, f.url+"/metrics")
+	for series, want := range map[string]float64{
+		`keel_edge_requests_total{code="ok",service="echo"}`:                  3,
+		`keel_edge_requests_total{code="failed_precondition",service="echo"}`: 3,
+		`keel_edge_requests_total{code="deadline_exceeded",service="echo"}`:   2,
+		`keel_edge_requests_total{code="unimplemented",service="unrouted"}`:   2,
+		`keel_edge_requests_total{code="unavailable",service="empty"}`:        1,
+		`keel_edge_duration_seconds_count{service="echo"}`:                    8,
+	} {
+		if got[series] != want {
+			t.Errorf("%s = %v, want %v", series, got[series], want)
+		}
+	}
+	for series := range got {
+		if strings.Contains(series, "NoSuchService") || strings.Contains(series, "not-a-procedure") {
+			t.Errorf("caller-chosen name became a label: %s", series)
+		}
+	}
+}
