@@ -21,7 +21,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "edge:", err)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
@@ -29,7 +29,7 @@ func main() {
 func run(ctx context.Context) error {
 	backend, err := consul.BackendFromEnv(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("edge: %w", err)
 	}
 	defer backend.Close()
 	return boot.Run(ctx, edge.Service(), boot.Options{Backend: backend})
