@@ -78,6 +78,11 @@ func (e *echo) mux() *http.ServeMux {
 			<-ctx.Done()
 			return nil, connect.NewError(connect.CodeDeadlineExceeded, ctx.Err())
 		}))
+	mux.Handle("/"+echoService+"/Headers", connect.NewUnaryHandler("/"+echoService+"/Headers",
+		func(ctx context.Context, req *connect.Request[wrapperspb.StringValue]) (*connect.Response[wrapperspb.StringValue], error) {
+			// Answer with the request header named in the message.
+			return connect.NewResponse(wrapperspb.String(strings.Join(req.Header().Values(req.Msg.GetValue()), ","))), nil
+		}))
 	return mux
 }
 
@@ -314,5 +319,26 @@ func TestCORSPreflightAllowsConnectAndAuthorization(t *testing.T) {
 	allowed := strings.ToLower(res.Header.Get("Access-Control-Allow-Headers"))
 	if res.StatusCode != http.StatusNoContent || !strings.Contains(allowed, "authorization") || !strings.Contains(allowed, "x-grpc-web") {
 		t.Fatalf("preflight: %d allow-headers=%q", res.StatusCode, allowed)
+	}
+}
+
+func TestIdentityHeadersFromOutsideAreStripped(t *testing.T) {
+	t.Parallel()
+	f := startEdge(t)
+	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/"+echoService+"/Headers")
+	for header, want := range map[string]string{
+		"Keel-User-Id":    "",
+		"Keel-User-Roles": "",
+		"X-Request-Id":    "forged-or-not",
+	} {
+		req := connect.NewRequest(wrapperspb.String(header))
+		req.Header().Set(header, "forged-or-not")
+		res, err := c.CallUnary(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := res.Msg.GetValue(); got != want {
+			t.Errorf("upstream saw %s = %q, want %q", header, got, want)
+		}
 	}
 }

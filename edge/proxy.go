@@ -85,7 +85,9 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ContentLength: r.ContentLength,
 	}
 	for key, values := range r.Header {
-		if !hopHeaders[key] {
+		// Keel-* headers carry identity the edge vouches for (the
+		// authenticated user, say); a caller must never set them itself.
+		if !hopHeaders[key] && !strings.HasPrefix(key, "Keel-") {
 			out.Header[key] = values
 		}
 	}
