@@ -15,9 +15,11 @@ import (
 	"github.com/keelplatform/keel/internal/server"
 )
 
-// BenchmarkProxyUnary measures one Connect JSON unary call through the edge
-// to a loopback upstream over HTTP/1.1 keep-alive: client, edge and
-// upstream all run in this process, so compare runs, not absolute numbers.
+// BenchmarkProxyUnary measures one Connect JSON unary call over HTTP/1.1
+// keep-alive, sent straight to a loopback upstream ("direct", the baseline)
+// and through the edge ("edge"), serially and from parallel callers. Client,
+// edge and upstream all run in this process: compare the sub-benchmarks of
+// one run, not absolute numbers.
 func BenchmarkProxyUnary(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -27,7 +29,7 @@ func BenchmarkProxyUnary(b *testing.B) {
 	mux.Handle("/"+echoService+"/Echo", connect.NewUnaryHandler("/"+echoService+"/Echo",
 		func(_ context.Context, req *connect.Request[wrapperspb.StringValue]) (*connect.Response[wrapperspb.StringValue], error) {
 			return connect.NewResponse(req.Msg), nil
-		}))
+		}, connect.WithCompressMinBytes(1024)))
 	upstream := server.New(server.Config{}, logger)
 	upstream.HandleHTTP("/", mux)
 	if err := upstream.Listen(); err != nil {
@@ -56,7 +58,18 @@ func BenchmarkProxyUnary(b *testing.B) {
 	defer func() { cancel(); <-edgeDone; <-upDone }()
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	url := "http://" + e.Addr() + "/" + echoService + "/Echo"
+	for _, target := range []struct{ name, addr string }{{"direct", upstream.Addr()}, {"edge", e.Addr()}} {
+		url := "http://" + target.addr + "/" + echoService + "/Echo"
+		b.Run(target.name+"/serial", func(b *testing.B) { benchUnary(b, client, url, false) })
+		b.Run(target.name+"/parallel", func(b *testing.B) { benchUnary(b, client, url, true) })
+	}
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: &http.Transport{Protocols: p}}
+	b.Run("direct-h2c/serial", func(b *testing.B) { benchUnary(b, h2, "http://"+upstream.Addr()+"/"+echoService+"/Echo", false) })
+}
+
+func benchUnary(b *testing.B, client *http.Client, url string, parallel bool) {
 	call := func() error {
 		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(`"hello"`))
 		if err != nil {
@@ -83,7 +96,18 @@ func BenchmarkProxyUnary(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
-	b.ResetTimer()
+	if parallel {
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := call(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		return
+	}
 	for b.Loop() {
 		if err := call(); err != nil {
 			b.Fatal(err)
