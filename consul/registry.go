@@ -206,6 +206,11 @@ func (r *Registry) registration(inst discovery.Instance) (*api.AgentServiceRegis
 			Interval:                       r.cfg.CheckInterval.String(),
 			Timeout:                        r.cfg.CheckTimeout.String(),
 			DeregisterCriticalServiceAfter: r.cfg.DeregisterCriticalAfter.String(),
+			// An instance registers once it listens, so it can take calls at
+			// once; waiting for the first check would leave a new platform
+			// with no routable instance for up to an interval. A dead one
+			// fails its first check within CheckInterval.
+			Status: api.HealthPassing,
 		},
 	}, nil
 }

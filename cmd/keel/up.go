@@ -3,13 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -29,6 +29,7 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags.StringVar(&opts.ConfigDir, "config-dir", "consul/kv", "directory of the configuration files <env>/<service>.yaml")
 	envName := flags.String("env", os.Getenv(config.EnvVar), "configuration environment: local, test or prod (default local)")
 	useConsul := flags.Bool("consul", false, "register in Consul and take configuration from Consul KV: the agent at CONSUL_HTTP_ADDR, or a dev agent started by consul/agent.sh")
+	consulDir := flags.String("consul-dir", ".keel/consul", "where the dev agent started by --consul keeps its files")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -41,7 +42,9 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	began := time.Now()
 	discovery := "embedded static registry"
 	if *useConsul {
-		client, addr, stopAgent, err := connectConsul(ctx, stderr)
+		// The agent script sits beside the configuration files: consul/agent.sh.
+		script := filepath.Join(filepath.Dir(filepath.Clean(opts.ConfigDir)), "agent.sh")
+		client, addr, stopAgent, err := connectConsul(ctx, script, *consulDir, stderr)
 		if err != nil {
 			return err
 		}
@@ -88,19 +91,18 @@ func configValidatorOptions() []consul.PushOption {
 // connectConsul returns a client for the agent at CONSUL_HTTP_ADDR or,
 // when that is unset, for a dev agent it starts with consul/agent.sh (and
 // stops again when keel up ends).
-func connectConsul(ctx context.Context, stderr io.Writer) (*api.Client, string, func(), error) {
+func connectConsul(ctx context.Context, script, dir string, stderr io.Writer) (*api.Client, string, func(), error) {
 	if os.Getenv("CONSUL_HTTP_ADDR") != "" {
 		cfg := consul.ConfigFromEnv()
 		client, err := consul.NewClient(cfg)
 		return client, cfg.Addr, func() {}, err
 	}
-	dir := ".keel/consul"
 	fmt.Fprintf(stderr, "keel: starting a Consul dev agent (files in %s)\n", dir)
-	start := exec.CommandContext(ctx, "consul/agent.sh", "start", dir)
+	start := exec.CommandContext(ctx, script, "start", dir)
 	start.Stderr = stderr
 	out, err := start.Output()
 	if err != nil {
-		return nil, "", nil, fmt.Errorf("start a Consul dev agent with consul/agent.sh: %w", err)
+		return nil, "", nil, fmt.Errorf("start a Consul dev agent with %s: %w", script, err)
 	}
 	cfg := consul.Config{}
 	scanner := bufio.NewScanner(strings.NewReader(string(out)))
@@ -114,13 +116,13 @@ func connectConsul(ctx context.Context, stderr io.Writer) (*api.Client, string, 
 		}
 	}
 	stop := func() {
-		cmd := exec.Command("consul/agent.sh", "stop", dir)
+		cmd := exec.Command(script, "stop", dir)
 		cmd.Stderr = stderr
 		_ = cmd.Run()
 	}
 	if cfg.Addr == "" {
 		stop()
-		return nil, "", nil, errors.New("consul/agent.sh printed no CONSUL_HTTP_ADDR")
+		return nil, "", nil, fmt.Errorf("%s printed no CONSUL_HTTP_ADDR", script)
 	}
 	client, err := consul.NewClient(cfg)
 	if err != nil {
