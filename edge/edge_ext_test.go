@@ -20,6 +20,7 @@ import (
 	"github.com/keelplatform/keel/edge"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/testkit"
 )
 
 const echoService = "keel.test.v1.EchoService"
@@ -126,12 +127,6 @@ func startEdge(t *testing.T) *fixture {
 	return &fixture{url: "http://" + e.Addr(), upstream: up, registry: registry}
 }
 
-func h2c() *http.Client {
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &http.Transport{Protocols: p}}
-}
-
 func TestBidiStreamEndedByServerDoesNotHang(t *testing.T) {
 	t.Parallel()
 	f := startEdge(t)
@@ -142,7 +137,7 @@ func TestBidiStreamEndedByServerDoesNotHang(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/"+echoService+"/Bidi", opts...)
+			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/"+echoService+"/Bidi", opts...)
 			stream := c.CallBidiStream(ctx)
 			if err := stream.Send(wrapperspb.String("a")); err != nil {
 				t.Fatal(err)
@@ -175,7 +170,7 @@ func TestServerStreamKeepsTrailers(t *testing.T) {
 		client *http.Client
 		opts   []connect.ClientOption
 	}{
-		"grpc over h2c":          {h2c(), []connect.ClientOption{connect.WithGRPC()}},
+		"grpc over h2c":          {testkit.H2CClient(), []connect.ClientOption{connect.WithGRPC()}},
 		"grpc-web over http/1.1": {http.DefaultClient, []connect.ClientOption{connect.WithGRPCWeb()}},
 		"connect over http/1.1":  {http.DefaultClient, nil},
 	} {
@@ -252,7 +247,7 @@ func TestDeadlineIsHonouredAndPropagated(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			began := time.Now()
-			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/"+echoService+"/Wait", opts...)
+			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/"+echoService+"/Wait", opts...)
 			_, err := c.CallUnary(ctx, connect.NewRequest(wrapperspb.String("x")))
 			if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
 				t.Fatalf("want deadline_exceeded, got %v", err)
@@ -276,7 +271,7 @@ func TestUnknownServiceIsUnimplementedInEveryProtocol(t *testing.T) {
 		"connect-json": {connect.WithProtoJSON()},
 	} {
 		t.Run(name, func(t *testing.T) {
-			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/keel.test.v1.NoSuchService/Call", opts...)
+			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/keel.test.v1.NoSuchService/Call", opts...)
 			_, err := c.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("x")))
 			if connect.CodeOf(err) != connect.CodeUnimplemented || !strings.Contains(err.Error(), "keel.test.v1.NoSuchService") {
 				t.Fatalf("want unimplemented naming the service, got %v", err)
@@ -297,7 +292,7 @@ func TestUnknownServiceIsUnimplementedInEveryProtocol(t *testing.T) {
 func TestServiceWithoutInstancesIsUnavailable(t *testing.T) {
 	t.Parallel()
 	f := startEdge(t)
-	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/keel.test.v1.EmptyService/Call", connect.WithGRPC())
+	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/keel.test.v1.EmptyService/Call", connect.WithGRPC())
 	_, err := c.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("x")))
 	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "empty") {
 		t.Fatalf("want unavailable naming the service, got %v", err)
@@ -325,7 +320,7 @@ func TestCORSPreflightAllowsConnectAndAuthorization(t *testing.T) {
 func TestIdentityHeadersFromOutsideAreStripped(t *testing.T) {
 	t.Parallel()
 	f := startEdge(t)
-	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/"+echoService+"/Headers")
+	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/"+echoService+"/Headers")
 	for header, want := range map[string]string{
 		"Keel-User-Id":    "",
 		"Keel-User-Roles": "",

@@ -1,48 +1,17 @@
 package edge_test
 
 import (
-	"bufio"
 	"context"
-	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-)
 
-// scrape fetches url's Prometheus text exposition and returns each
-// sample's value by its series as written.
-func scrape(t *testing.T, url string) map[string]float64 {
-	t.Helper()
-	res, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(res.Body)
-		t.Fatalf("GET %s: %d %s", url, res.StatusCode, body)
-	}
-	samples := map[string]float64{}
-	lines := bufio.NewScanner(res.Body)
-	for lines.Scan() {
-		line := lines.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("sample %q: %v", line, err)
-		}
-		samples[line[:i]] = v
-	}
-	return samples
-}
+	"github.com/keelplatform/keel/internal/testkit"
+)
 
 func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
 	t.Parallel()
@@ -55,7 +24,7 @@ func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
 		client *http.Client
 		opts   []connect.ClientOption
 	}{
-		"grpc":     {h2c(), []connect.ClientOption{connect.WithGRPC()}},
+		"grpc":     {testkit.H2CClient(), []connect.ClientOption{connect.WithGRPC()}},
 		"grpc-web": {http.DefaultClient, []connect.ClientOption{connect.WithGRPCWeb()}},
 		"connect":  {http.DefaultClient, nil},
 	} {
@@ -76,7 +45,7 @@ func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
 		"grpc-web": {connect.WithGRPCWeb()},
 		"connect":  nil,
 	} {
-		c := connect.NewClient[wrapperspb.StringValue, wrapperspb.Int64Value](h2c(), f.url+"/"+echoService+"/Sink", opts...)
+		c := connect.NewClient[wrapperspb.StringValue, wrapperspb.Int64Value](testkit.H2CClient(), f.url+"/"+echoService+"/Sink", opts...)
 		stream := c.CallClientStream(ctx)
 		_ = stream.Send(wrapperspb.String("fail"))
 		if _, err := stream.CloseAndReceive(); connect.CodeOf(err) != connect.CodeFailedPrecondition {
@@ -94,7 +63,7 @@ func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
 		}
 	}
 	// The edge's own answers: an unknown service, a bad path, no instances.
-	unknown := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/keel.test.v1.NoSuchService/Call", connect.WithGRPC())
+	unknown := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/keel.test.v1.NoSuchService/Call", connect.WithGRPC())
 	if _, err := unknown.CallUnary(ctx, connect.NewRequest(wrapperspb.String("x"))); connect.CodeOf(err) != connect.CodeUnimplemented {
 		t.Fatalf("want unimplemented, got %v", err)
 	}
@@ -103,12 +72,12 @@ func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	empty := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](h2c(), f.url+"/keel.test.v1.EmptyService/Call", connect.WithGRPCWeb())
+	empty := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/keel.test.v1.EmptyService/Call", connect.WithGRPCWeb())
 	if _, err := empty.CallUnary(ctx, connect.NewRequest(wrapperspb.String("x"))); connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Fatalf("want unavailable, got %v", err)
 	}
 
-	got := scrape(t, f.url+"/metrics")
+	got := testkit.Scrape(t, f.url+"/metrics")
 	for series, want := range map[string]float64{
 		`keel_edge_requests_total{code="ok",service="echo"}`:                  3,
 		`keel_edge_requests_total{code="failed_precondition",service="echo"}`: 3,

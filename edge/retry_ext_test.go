@@ -14,6 +14,7 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/testkit"
 )
 
 type countingUsers struct {
@@ -78,7 +79,7 @@ func TestDeadInstanceIsRetriedElsewhere(t *testing.T) {
 		"connect": nil,
 		"grpc":    {connect.WithGRPC()},
 	} {
-		c := userv1connect.NewUserServiceClient(h2c(), "http://"+e.Addr(), opts...)
+		c := userv1connect.NewUserServiceClient(testkit.H2CClient(), "http://"+e.Addr(), opts...)
 		for i := range 10 {
 			if _, err := c.GetUser(ctx, connect.NewRequest(&userv1.GetUserRequest{Id: "0b5a3f4e-7c1d-4a8e-9f55-2f4b8b1c9d10"})); err != nil {
 				t.Fatalf("%s: idempotent call %d failed: %v", name, i, err)

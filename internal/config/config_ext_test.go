@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/testkit"
 )
 
 // settings is a process's settings as a service would declare them.
@@ -302,13 +303,13 @@ func TestBadSettingsType(t *testing.T) {
 	}
 }
 
-func newLog() (*slog.Logger, *syncBuffer) {
-	b := &syncBuffer{}
+func newLog() (*slog.Logger, *testkit.Buffer) {
+	b := &testkit.Buffer{}
 	return slog.New(slog.NewJSONHandler(b, nil)), b
 }
 
 // startWatcher starts a Watcher over a MemorySource for the defaults.
-func startWatcher(t *testing.T, kv map[string]string) (*config.Watcher[settings], *config.MemorySource, *syncBuffer) {
+func startWatcher(t *testing.T, kv map[string]string) (*config.Watcher[settings], *config.MemorySource, *testkit.Buffer) {
 	t.Helper()
 	src := config.NewMemorySource(kv)
 	logger, logs := newLog()

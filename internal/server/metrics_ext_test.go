@@ -1,12 +1,7 @@
 package server_test
 
 import (
-	"bufio"
 	"context"
-	"io"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,43 +10,13 @@ import (
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/testkit"
 )
-
-// scrape fetches url's Prometheus text exposition and returns each
-// sample's value by its series as written, e.g.
-// `keel_rpc_server_requests_total{code="ok",procedure="/p.S/M"}`.
-func scrape(t *testing.T, url string) map[string]float64 {
-	t.Helper()
-	res, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(res.Body)
-		t.Fatalf("GET %s: %d %s", url, res.StatusCode, body)
-	}
-	samples := map[string]float64{}
-	lines := bufio.NewScanner(res.Body)
-	for lines.Scan() {
-		line := lines.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("sample %q: %v", line, err)
-		}
-		samples[line[:i]] = v
-	}
-	return samples
-}
 
 func TestMetricsCountCallsByProcedureAndCode(t *testing.T) {
 	t.Parallel()
 	r := start(t, server.Config{})
-	c := userv1connect.NewUserServiceClient(h2cClient(), r.url, connect.WithGRPC())
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), r.url, connect.WithGRPC())
 	const id = "0b5a3f4e-7c1d-4a8e-9f55-2f4b8b1c9d10"
 	for range 3 {
 		if _, err := c.GetUser(context.Background(), connect.NewRequest(&userv1.GetUserRequest{Id: id})); err != nil {
@@ -68,7 +33,7 @@ func TestMetricsCountCallsByProcedureAndCode(t *testing.T) {
 		t.Fatalf("want internal from the panicking handler, got %v", err)
 	}
 
-	got := scrape(t, r.url+"/metrics")
+	got := testkit.Scrape(t, r.url+"/metrics")
 	for series, want := range map[string]float64{
 		`keel_rpc_server_requests_total{code="ok",procedure="/shop.user.v1.UserService/GetUser"}`:               3,
 		`keel_rpc_server_requests_total{code="invalid_argument",procedure="/shop.user.v1.UserService/GetUser"}`: 2,
@@ -93,12 +58,12 @@ func TestMetricsCountCallsByProcedureAndCode(t *testing.T) {
 func TestDrainingGaugeIsOneWhileDraining(t *testing.T) {
 	t.Parallel()
 	r := start(t, server.Config{DrainDelay: 2 * time.Second})
-	if got := scrape(t, r.url+"/metrics")["keel_server_draining"]; got != 0 {
+	if got := testkit.Scrape(t, r.url+"/metrics")["keel_server_draining"]; got != 0 {
 		t.Fatalf("keel_server_draining = %v before shutdown", got)
 	}
 	r.stop()
 	deadline := time.Now().Add(time.Second)
-	for scrape(t, r.url+"/metrics")["keel_server_draining"] != 1 {
+	for testkit.Scrape(t, r.url+"/metrics")["keel_server_draining"] != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("keel_server_draining did not turn 1 during the drain delay")
 		}

@@ -1,13 +1,11 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/testkit"
 )
 
 // testUsers answers GetUser with a fixed user, panics on ListUsers and
@@ -51,27 +50,10 @@ func (t *testUsers) UpdateProfile(ctx context.Context, req *connect.Request[user
 	return connect.NewResponse(&userv1.UpdateProfileResponse{User: &userv1.User{Id: req.Msg.GetId(), DisplayName: req.Msg.GetDisplayName()}}), nil
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type running struct {
 	url   string
 	users *testUsers
-	logs  *syncBuffer
+	logs  *testkit.Buffer
 	stop  context.CancelFunc
 	done  chan struct{} // closed when Serve returned
 	err   error         // what Serve returned, valid after done
@@ -79,7 +61,7 @@ type running struct {
 
 func start(t *testing.T, cfg server.Config) *running {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv := server.New(cfg, logger)
 	users := &testUsers{started: make(chan struct{}), release: make(chan struct{})}
@@ -104,12 +86,6 @@ func start(t *testing.T, cfg server.Config) *running {
 	return r
 }
 
-func h2cClient() *http.Client {
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &http.Transport{Protocols: p}}
-}
-
 func TestServesEveryProtocolOnOnePort(t *testing.T) {
 	t.Parallel()
 	r := start(t, server.Config{})
@@ -121,7 +97,7 @@ func TestServesEveryProtocolOnOnePort(t *testing.T) {
 		"grpc-web":       {connect.WithGRPCWeb()},
 	} {
 		t.Run(name, func(t *testing.T) {
-			c := userv1connect.NewUserServiceClient(h2cClient(), r.url, opts...)
+			c := userv1connect.NewUserServiceClient(testkit.H2CClient(), r.url, opts...)
 			res, err := c.GetUser(context.Background(), connect.NewRequest(&userv1.GetUserRequest{Id: id}))
 			if err != nil {
 				t.Fatal(err)
@@ -190,7 +166,7 @@ func TestOversizedRequestIsRejectedCleanly(t *testing.T) {
 		"connect": nil,
 		"grpc":    {connect.WithGRPC()},
 	} {
-		c := userv1connect.NewUserServiceClient(h2cClient(), r.url, opts...)
+		c := userv1connect.NewUserServiceClient(testkit.H2CClient(), r.url, opts...)
 		_, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "a@example.com", Password: huge, DisplayName: "A"}))
 		if connect.CodeOf(err) != connect.CodeResourceExhausted {
 			t.Fatalf("%s: want resource_exhausted, got %v", name, err)
@@ -215,7 +191,7 @@ func TestOversizedRequestIsRejectedCleanly(t *testing.T) {
 func TestReflectionListsMountedServices(t *testing.T) {
 	t.Parallel()
 	r := start(t, server.Config{})
-	stream := grpcreflect.NewClient(h2cClient(), r.url, connect.WithGRPC()).NewStream(context.Background())
+	stream := grpcreflect.NewClient(testkit.H2CClient(), r.url, connect.WithGRPC()).NewStream(context.Background())
 	defer stream.Close()
 	names, err := stream.ListServices()
 	if err != nil {
@@ -233,14 +209,14 @@ func TestReflectionListsMountedServices(t *testing.T) {
 func TestGracefulShutdown(t *testing.T) {
 	t.Parallel()
 	r := start(t, server.Config{DrainDelay: 500 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
-	health := grpchealth.NewClient(h2cClient(), r.url, connect.WithGRPC())
+	health := grpchealth.NewClient(testkit.H2CClient(), r.url, connect.WithGRPC())
 	check, err := health.Check(context.Background(), &grpchealth.CheckRequest{Service: userv1connect.UserServiceName})
 	if err != nil || check.Status != grpchealth.StatusServing {
 		t.Fatalf("want SERVING before shutdown, got %v %v", check, err)
 	}
 
 	// Start a call that is still running when shutdown begins.
-	c := userv1connect.NewUserServiceClient(h2cClient(), r.url)
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), r.url)
 	inflight := make(chan error, 1)
 	go func() {
 		_, err := c.UpdateProfile(context.Background(), connect.NewRequest(&userv1.UpdateProfileRequest{
@@ -281,7 +257,7 @@ func TestGracefulShutdown(t *testing.T) {
 func TestShutdownCutsOffCallsPastTheBound(t *testing.T) {
 	t.Parallel()
 	r := start(t, server.Config{ShutdownTimeout: 300 * time.Millisecond})
-	c := userv1connect.NewUserServiceClient(h2cClient(), r.url)
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), r.url)
 	inflight := make(chan error, 1)
 	go func() {
 		_, err := c.UpdateProfile(context.Background(), connect.NewRequest(&userv1.UpdateProfileRequest{

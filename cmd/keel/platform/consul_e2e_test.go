@@ -29,6 +29,7 @@ import (
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/pgtest"
+	"github.com/keelplatform/keel/internal/testkit"
 )
 
 // userBinary is the user service built once for the tests that run it as
@@ -235,7 +236,7 @@ type load struct {
 
 func startLoad(edgeURL, id string) *load {
 	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
-	c := userv1connect.NewUserServiceClient(h2c(), edgeURL, connect.WithGRPC())
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC())
 	go func() {
 		defer close(l.done)
 		for {
@@ -280,7 +281,7 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 	waitFor(t, "both instances passing", 10*time.Second, func() bool { return len(passing(t, agent.Client(), "user")) == 2 })
 	edgeURL, _ := startConsulEdge(t, agent.Client())
 
-	c := userv1connect.NewUserServiceClient(h2c(), edgeURL, connect.WithGRPC())
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC())
 	reg, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "two@example.com", Password: "correct horse", DisplayName: "Two"}))
 	if err != nil {
 		t.Fatal(err)
@@ -361,7 +362,7 @@ func TestConfigChangeInConsulKVReachesARunningService(t *testing.T) {
 		t.Fatal(err)
 	}
 	u := startUserProcess(t, agent)
-	c := userv1connect.NewUserServiceClient(h2c(), "http://"+u.addr, connect.WithGRPC())
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), "http://"+u.addr, connect.WithGRPC())
 	if _, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "kv@example.com", Password: "correct horse", DisplayName: "KV"})); err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +422,7 @@ func TestConsulOutage(t *testing.T) {
 	a := startUserProcess(t, agent)
 	waitFor(t, "instance passing", 10*time.Second, func() bool { return len(passing(t, agent.Client(), "user")) == 1 })
 	edgeURL, _ := startConsulEdge(t, agent.Client())
-	c := userv1connect.NewUserServiceClient(h2c(), edgeURL, connect.WithGRPC())
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC())
 	reg, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "outage@example.com", Password: "correct horse", DisplayName: "O"}))
 	if err != nil {
 		t.Fatal(err)

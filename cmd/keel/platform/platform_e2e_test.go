@@ -18,6 +18,7 @@ import (
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/testkit"
 )
 
 type running struct {
@@ -54,12 +55,6 @@ func up(t *testing.T, settings map[string]string) *running {
 	return &running{url: "http://" + p.EdgeAddr(), p: p, stop: cancel}
 }
 
-func h2c() *http.Client {
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &http.Transport{Protocols: p}}
-}
-
 // postJSON calls a procedure the way curl does: a plain HTTP/1.1 POST.
 func postJSON(t *testing.T, url, body string) (int, map[string]any) {
 	t.Helper()
@@ -84,7 +79,7 @@ var protocols = map[string]struct {
 	opts   []connect.ClientOption
 }{
 	"connect-json over http/1.1": {http.DefaultClient, []connect.ClientOption{connect.WithProtoJSON()}},
-	"grpc over h2c":              {h2c(), []connect.ClientOption{connect.WithGRPC()}},
+	"grpc over h2c":              {testkit.H2CClient(), []connect.ClientOption{connect.WithGRPC()}},
 	"grpc-web over http/1.1":     {http.DefaultClient, []connect.ClientOption{connect.WithGRPCWeb()}},
 }
 
@@ -195,7 +190,7 @@ func TestErrorsThroughTheEdge(t *testing.T) {
 	}
 
 	// The same failures keep their codes over gRPC, where they travel in trailers.
-	c := userv1connect.NewUserServiceClient(h2c(), r.url, connect.WithGRPC())
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), r.url, connect.WithGRPC())
 	_, err := c.Login(context.Background(), connect.NewRequest(&userv1.LoginRequest{Email: "grace@example.com", Password: "wrong horse"}))
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("grpc login: %v", err)
@@ -215,7 +210,7 @@ func TestErrorsThroughTheEdge(t *testing.T) {
 	}
 
 	// After all that, everything is still healthy.
-	health := grpchealth.NewClient(h2c(), r.url, connect.WithGRPC())
+	health := grpchealth.NewClient(testkit.H2CClient(), r.url, connect.WithGRPC())
 	for _, service := range []string{"", userv1connect.UserServiceName} {
 		check, err := health.Check(context.Background(), &grpchealth.CheckRequest{Service: service})
 		if err != nil || check.Status != grpchealth.StatusServing {
@@ -226,7 +221,7 @@ func TestErrorsThroughTheEdge(t *testing.T) {
 
 func TestReflectionThroughTheEdge(t *testing.T) {
 	r := up(t, nil)
-	stream := grpcreflect.NewClient(h2c(), r.url, connect.WithGRPC()).NewStream(context.Background())
+	stream := grpcreflect.NewClient(testkit.H2CClient(), r.url, connect.WithGRPC()).NewStream(context.Background())
 	defer stream.Close()
 	names, err := stream.ListServices()
 	if err != nil {
@@ -247,7 +242,7 @@ func TestReflectionThroughTheEdge(t *testing.T) {
 
 func TestHealthTurnsNotServingDuringShutdown(t *testing.T) {
 	r := up(t, map[string]string{"KEEL_SERVER_DRAIN_DELAY": "1s"})
-	health := grpchealth.NewClient(h2c(), r.url, connect.WithGRPC())
+	health := grpchealth.NewClient(testkit.H2CClient(), r.url, connect.WithGRPC())
 	check, err := health.Check(context.Background(), &grpchealth.CheckRequest{})
 	if err != nil || check.Status != grpchealth.StatusServing {
 		t.Fatalf("before shutdown: %v %v", check, err)
