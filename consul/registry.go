@@ -103,10 +103,10 @@ func NewRegistry(client *api.Client, cfg RegistryConfig) *Registry {
 
 // Register implements [discovery.Registry]: it registers inst with the
 // agent, with its health check, and keeps it registered until
-// [Registry.Deregister] or [Registry.Close]. The agent marks a new
-// instance passing after its first successful check, within about
-// [RegistryConfig.CheckInterval]. Registering the same ID again replaces
-// the instance and its check.
+// [Registry.Deregister] or [Registry.Close]. A new instance starts
+// passing, since it registers once it listens, and turns critical if a
+// check fails, within about [RegistryConfig.CheckInterval]. Registering the
+// same ID again replaces the instance and its check.
 func (r *Registry) Register(ctx context.Context, inst discovery.Instance) error {
 	reg, err := r.registration(inst)
 	if err != nil {
