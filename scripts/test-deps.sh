@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what Keel's tests start is installed: PostgreSQL 15 server
-# binaries (the tests start a throwaway cluster) and ps (the Consul agent
-# script checks its process with it). Installs missing Debian packages;
+# binaries (the tests start a throwaway cluster), ps (the Consul agent
+# script checks its process with it) and Chromium (the browser end-to-end
+# test drives it headless). Installs missing Debian packages;
 # never starts anything itself. The Consul agent is built by
 # consul/get-consul.sh, not installed.
 set -euo pipefail
@@ -12,6 +13,7 @@ if ! { [ -x /usr/lib/postgresql/15/bin/initdb ] || [ -x "$pg_bindir/initdb" ]; }
 	need+=(postgresql)
 fi
 command -v ps >/dev/null || need+=(procps)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "test-deps: installing ${need[*]}"
 	if [ "$(id -u)" -ne 0 ]; then

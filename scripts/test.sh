@@ -26,6 +26,19 @@ make --no-print-directory checkgenerate
 step "breaking"
 make --no-print-directory breaking
 
+step "web"
+# The browser client's bundle, which the browser end-to-end test serves.
+# npm ci only when the lockfile changed since the last install.
+(
+	cd web
+	if ! cmp -s package-lock.json node_modules/.keel-package-lock.json; then
+		npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+		cp package-lock.json node_modules/.keel-package-lock.json
+	fi
+	npm run --silent typecheck
+	npm run --silent build
+)
+
 step "go test"
 go test -count=1 -timeout 25m ./... 2>&1 | tee "${TMPDIR:-/tmp}/keel-gotest.log"
 
