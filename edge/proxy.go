@@ -26,7 +26,7 @@ import (
 // the caller's deadline bounds the upstream call.
 type proxy struct {
 	routes    *routeTable
-	transport http.RoundTripper
+	transport *client.Transport
 	errors    *connect.ErrorWriter
 	logger    *slog.Logger
 	metrics   *proxyMetrics
@@ -130,6 +130,11 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	out = out.WithContext(ctx)
 
+	if m.unary && body == nil {
+		p.forwardUnary(w, r, ctx, out, m, sm, start, upstream)
+		return
+	}
+
 	res, err := p.transport.RoundTrip(out)
 	if err != nil {
 		if body != nil {
@@ -140,16 +145,11 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer res.Body.Close()
 
-	header := w.Header()
-	for key, values := range res.Header {
-		if !hopHeaders[key] {
-			header[key] = values
-		}
+	length := res.ContentLength
+	if len(res.Trailer) > 0 {
+		length = -1
 	}
-	if res.ContentLength >= 0 && len(res.Trailer) == 0 {
-		header["Content-Length"] = []string{strconv.FormatInt(res.ContentLength, 10)}
-	}
-	w.WriteHeader(res.StatusCode)
+	p.writeHeader(w, res, length)
 
 	contentType := res.Header.Get("Content-Type")
 	var sniffer bodySniffer
@@ -167,15 +167,100 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Reset the stream so the caller sees a failure, not a truncated success.
 		panic(http.ErrAbortHandler)
 	}
-	for key, values := range res.Trailer {
-		header[http.TrailerPrefix+key] = values
-	}
+	p.writeTrailer(w, res)
 	if body != nil {
 		// The upstream has answered in full; stop forwarding whatever the
 		// caller may still send so neither side waits on the other.
 		body.Close()
 	}
 	sm.observe(start, responseCode(res, contentType, &sniffer))
+}
+
+// forwardUnary forwards a unary call whose request is buffered, reading
+// the upstream's answer in full before answering the caller. An upstream
+// that dies in the middle of its answer (killed, say) has then sent the
+// caller nothing: the call is sent to another instance when it is
+// idempotent, and fails cleanly with unavailable otherwise, rather than
+// reaching the caller as a torn stream.
+func (p *proxy) forwardUnary(w http.ResponseWriter, r *http.Request, ctx context.Context, out *http.Request, m method, sm *serviceMetrics, start time.Time, upstream string) {
+	for attempt := 1; ; attempt++ {
+		res, err := p.transport.RoundTrip(out)
+		if err != nil {
+			p.failUpstream(w, r, ctx, sm, start, upstream, err)
+			return
+		}
+		buf, err := io.ReadAll(io.LimitReader(res.Body, p.maxBuffer+1))
+		if err == nil && int64(len(buf)) > p.maxBuffer {
+			// Too large to hold: answer as a stream from here on.
+			p.writeHeader(w, res, -1)
+			if _, err := w.Write(buf); err == nil {
+				err = copyResponse(w, res.Body, false, &bodySniffer{})
+			}
+			res.Body.Close()
+			if err != nil {
+				sm.observe(start, connect.CodeUnavailable)
+				panic(http.ErrAbortHandler)
+			}
+			p.writeTrailer(w, res)
+			sm.observe(start, responseCode(res, res.Header.Get("Content-Type"), &bodySniffer{}))
+			return
+		}
+		res.Body.Close()
+		if err == nil {
+			contentType := res.Header.Get("Content-Type")
+			var sniffer bodySniffer
+			sniffer.sniffFor(res, contentType)
+			sniffer.see(buf)
+			length := int64(len(buf))
+			if len(res.Trailer) > 0 {
+				length = -1
+			}
+			p.writeHeader(w, res, length)
+			_, _ = w.Write(buf)
+			p.writeTrailer(w, res)
+			sm.observe(start, responseCode(res, contentType, &sniffer))
+			return
+		}
+		// The instance failed while answering; the caller has seen nothing.
+		if res.Request != nil {
+			p.transport.Eject(res.Request.URL.Host)
+		}
+		retry := m.idempotent && attempt < client.MaxAttempts && ctx.Err() == nil
+		p.logger.Warn("upstream failed while answering", slog.String("service", upstream), slog.Bool("retry", retry), slog.String("error", err.Error()))
+		if !retry {
+			p.failUpstream(w, r, ctx, sm, start, upstream, err)
+			return
+		}
+		if out.GetBody != nil {
+			if out.Body, err = out.GetBody(); err != nil {
+				p.failUpstream(w, r, ctx, sm, start, upstream, err)
+				return
+			}
+		}
+	}
+}
+
+// writeHeader sends an upstream's status and headers to the caller, with
+// a Content-Length when length is known (not negative).
+func (p *proxy) writeHeader(w http.ResponseWriter, res *http.Response, length int64) {
+	header := w.Header()
+	for key, values := range res.Header {
+		if !hopHeaders[key] {
+			header[key] = values
+		}
+	}
+	if length >= 0 {
+		header["Content-Length"] = []string{strconv.FormatInt(length, 10)}
+	}
+	w.WriteHeader(res.StatusCode)
+}
+
+// writeTrailer sends an upstream's trailers, read in full, to the caller.
+func (p *proxy) writeTrailer(w http.ResponseWriter, res *http.Response) {
+	header := w.Header()
+	for key, values := range res.Trailer {
+		header[http.TrailerPrefix+key] = values
+	}
 }
 
 // copyResponse copies an upstream body to w, flushing after every read when

@@ -199,6 +199,13 @@ func (t *Transport) eject(addr string) {
 	t.ejected.Store(addr, time.Now().Add(EjectFor))
 }
 
+// Eject sets aside the instance at addr for [EjectFor], as the transport
+// does itself when it cannot reach one: for callers that saw an instance
+// fail in the middle of an answer.
+func (t *Transport) Eject(addr string) {
+	t.eject(addr)
+}
+
 // isDialError reports whether err happened before the request could reach
 // the instance, so sending it elsewhere cannot repeat its effect.
 func isDialError(err error) bool {
