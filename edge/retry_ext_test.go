@@ -34,6 +34,19 @@ func (c *countingUsers) Register(_ context.Context, req *connect.Request[userv1.
 	return connect.NewResponse(&userv1.RegisterResponse{User: &userv1.User{Email: req.Msg.GetEmail()}}), nil
 }
 
+// startUsers serves countingUsers on a loopback Keel server until ctx ends.
+func startUsers(ctx context.Context, t *testing.T) (*countingUsers, string) {
+	t.Helper()
+	users := &countingUsers{}
+	upstream := server.New(server.Config{}, slog.New(slog.DiscardHandler))
+	upstream.Handle(userv1connect.NewUserServiceHandler(users, upstream.HandlerOptions()...))
+	if err := upstream.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = upstream.Serve(ctx) }()
+	return users, upstream.Addr()
+}
+
 // deadAddr returns a loopback address nothing listens on.
 func deadAddr(t *testing.T) string {
 	t.Helper()
@@ -54,16 +67,10 @@ func TestDeadInstanceIsRetriedElsewhere(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
-	users := &countingUsers{}
-	upstream := server.New(server.Config{}, slog.New(slog.DiscardHandler))
-	upstream.Handle(userv1connect.NewUserServiceHandler(users, upstream.HandlerOptions()...))
-	if err := upstream.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = upstream.Serve(ctx) }()
+	users, liveAddr := startUsers(ctx, t)
 
 	registry := discovery.NewStatic()
-	for id, addr := range map[string]string{"user-dead": deadAddr(t), "user-live": upstream.Addr()} {
+	for id, addr := range map[string]string{"user-dead": deadAddr(t), "user-live": liveAddr} {
 		if err := registry.Register(ctx, discovery.Instance{ID: id, Service: "user", Addr: addr}); err != nil {
 			t.Fatal(err)
 		}
@@ -129,13 +136,7 @@ func TestInstanceDyingMidAnswer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
-	users := &countingUsers{}
-	upstream := server.New(server.Config{}, slog.New(slog.DiscardHandler))
-	upstream.Handle(userv1connect.NewUserServiceHandler(users, upstream.HandlerOptions()...))
-	if err := upstream.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = upstream.Serve(ctx) }()
+	_, liveAddr := startUsers(ctx, t)
 
 	for name, opts := range map[string][]connect.ClientOption{
 		"connect": {connect.WithProtoJSON()},
@@ -143,7 +144,7 @@ func TestInstanceDyingMidAnswer(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			registry := discovery.NewStatic()
-			for id, addr := range map[string]string{"user-torn": tornUpstream(t), "user-live": upstream.Addr()} {
+			for id, addr := range map[string]string{"user-torn": tornUpstream(t), "user-live": liveAddr} {
 				if err := registry.Register(ctx, discovery.Instance{ID: id, Service: "user", Addr: addr}); err != nil {
 					t.Fatal(err)
 				}
