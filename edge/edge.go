@@ -112,10 +112,13 @@ func (e *Edge) withCORS(next http.Handler) http.Handler {
 // keel_edge_duration_seconds{service}, by logical service.
 func (e *Edge) Metrics() *prometheus.Registry { return e.server.Metrics() }
 
-// HandleHTTP mounts a plain HTTP handler next to the proxy, e.g. a debug
-// page; see [server.Server.HandleHTTP]. Its pattern must be more specific
-// than the proxy's "/". Call it before [Edge.Serve].
-func (e *Edge) HandleHTTP(pattern string, h http.Handler) { e.server.HandleHTTP(pattern, h) }
+// HandleAdmin mounts an operators' endpoint; see [server.Server.HandleAdmin].
+// Call it before [Edge.Serve].
+func (e *Edge) HandleAdmin(pattern string, h http.Handler) { e.server.HandleAdmin(pattern, h) }
+
+// AdminAddr is the bound host:port of the admin listener, or "" without
+// one; see [server.Server.AdminAddr].
+func (e *Edge) AdminAddr() string { return e.server.AdminAddr() }
 
 // SetShutdown changes the drain delay and shutdown timeout; see
 // [server.Server.SetShutdown].

@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,6 +12,9 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/keelplatform/keel/edge"
+	"github.com/keelplatform/keel/internal/discovery"
+	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/internal/testkit"
 )
 
@@ -115,5 +119,41 @@ func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
 		if strings.Contains(series, "NoSuchService") || strings.Contains(series, "not-a-procedure") {
 			t.Errorf("caller-chosen name became a label: %s", series)
 		}
+	}
+}
+
+// TestAdminEndpointsLeaveThePublicPort: with an admin address, /metrics is
+// served there and not on the edge's public port, where the path is just
+// an unknown procedure.
+func TestAdminEndpointsLeaveThePublicPort(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	e, err := edge.New(edge.Config{Server: server.Config{Addr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0"}},
+		discovery.NewStatic(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = e.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	if e.AdminAddr() == "" || e.AdminAddr() == e.Addr() {
+		t.Fatalf("admin listener %q, public %q", e.AdminAddr(), e.Addr())
+	}
+	if samples := testkit.Scrape(t, "http://"+e.AdminAddr()+"/metrics"); len(samples) == 0 {
+		t.Fatal("no metrics on the admin port")
+	}
+	res, err := http.Get("http://" + e.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode == http.StatusOK || strings.Contains(string(body), "keel_") {
+		t.Fatalf("metrics on the public port: %d %s", res.StatusCode, body)
 	}
 }

@@ -55,6 +55,7 @@ func Service() boot.Service[Settings] {
 			e, err := New(Config{
 				Server: server.Config{
 					Addr:            s.Server.Addr,
+					AdminAddr:       s.Server.AdminAddr,
 					MaxRequestBytes: s.Server.MaxRequestBytes,
 					DrainDelay:      s.Server.DrainDelay,
 					ShutdownTimeout: s.Server.ShutdownTimeout,
@@ -73,5 +74,5 @@ func Service() boot.Service[Settings] {
 // The edge exposes its registry and mounts the configuration status.
 var (
 	_ boot.MetricsProcess = (*Edge)(nil)
-	_ boot.HTTPProcess    = (*Edge)(nil)
+	_ boot.AdminProcess   = (*Edge)(nil)
 )

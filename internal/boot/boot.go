@@ -4,7 +4,7 @@
 // connects discovery, and serves: the instance registers once it listens
 // and deregisters first when it stops, before it drains. A process with a
 // Prometheus registry ([MetricsProcess]) gets the keel_config_* metrics,
-// and one that mounts HTTP handlers ([HTTPProcess]) serves the
+// and one that mounts HTTP handlers ([AdminProcess]) serves the
 // configuration's status at [ConfigStatusPath].
 //
 // Where discovery and configuration live is a [Backend]: [Static] is the
@@ -201,8 +201,8 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 			return nil, fmt.Errorf("%s: register configuration metrics: %w", svc.Name, err)
 		}
 	}
-	if h, ok := proc.(HTTPProcess); ok {
-		h.HandleHTTP("GET "+ConfigStatusPath, configStatusHandler(watcher.Status))
+	if h, ok := proc.(AdminProcess); ok {
+		h.HandleAdmin("GET "+ConfigStatusPath, configStatusHandler(watcher.Status))
 	}
 	if shutdowner, ok := proc.(interface {
 		SetShutdown(drainDelay, shutdownTimeout time.Duration)

@@ -21,10 +21,10 @@ type MetricsProcess interface {
 	Metrics() *prometheus.Registry
 }
 
-// HTTPProcess is a [Process] that mounts plain HTTP handlers, as
-// server.Server and edge.Edge do: boot mounts [ConfigStatusPath] on it.
-type HTTPProcess interface {
-	HandleHTTP(pattern string, h http.Handler)
+// AdminProcess is a [Process] that mounts operators' endpoints, as
+// server.Server and edge.Edge do: boot mounts [ConfigStatusPath] there.
+type AdminProcess interface {
+	HandleAdmin(pattern string, h http.Handler)
 }
 
 // ConfigStatus is the JSON document served at [ConfigStatusPath]. It tells

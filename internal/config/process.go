@@ -37,6 +37,11 @@ type Server struct {
 	// Addr is the host:port to listen on. Static. Default "127.0.0.1:0"
 	// (any free loopback port).
 	Addr string `yaml:"addr" keel:"static"`
+	// AdminAddr, when set, is a separate host:port for the operators'
+	// endpoints (/metrics, /debug/config/status), which then are not served
+	// on Addr: set it where Addr is public, as for the edge. Static.
+	// Default "" (same port).
+	AdminAddr string `yaml:"admin_addr" keel:"static"`
 	// MaxRequestBytes bounds one request message, from 1 KiB to 1 GiB.
 	// Static. Default 4 MiB.
 	MaxRequestBytes int `yaml:"max_request_bytes" keel:"static"`

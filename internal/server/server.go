@@ -34,6 +34,11 @@ import (
 type Config struct {
 	// Addr is the host:port to listen on. Default "127.0.0.1:0" (any free port).
 	Addr string
+	// AdminAddr, when set, is a second listener that alone serves the
+	// operators' endpoints (/metrics, /debug/...), which then are not on
+	// Addr: for a process whose main port is public, such as the edge.
+	// Default "": those endpoints share Addr.
+	AdminAddr string
 	// ReadHeaderTimeout bounds how long a client may take to send headers. Default 5s.
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes keep-alive connections idle this long. Default 120s.
@@ -80,6 +85,7 @@ type Server struct {
 	cfg      Config
 	logger   *slog.Logger
 	mux      *http.ServeMux
+	admin    *http.ServeMux // operators' endpoints; mux itself without AdminAddr
 	health   *healthChecker
 	services []string
 	options  []connect.HandlerOption
@@ -90,6 +96,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	listener net.Listener
+	adminLn  net.Listener
 	onStop   []func(context.Context)
 }
 
@@ -120,9 +127,31 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
 		connect.WithCompressMinBytes(1024),
 	}
+	s.admin = s.mux
+	if cfg.AdminAddr != "" {
+		s.admin = http.NewServeMux()
+	}
 	s.mux.Handle(grpchealth.NewHandler(s.health))
-	s.mux.Handle("GET /metrics", s.metrics.handler())
+	s.admin.Handle("GET /metrics", s.metrics.handler())
 	return s
+}
+
+// HandleAdmin mounts an operators' endpoint (metrics, debug pages): on the
+// admin listener when [Config.AdminAddr] is set, next to everything else
+// otherwise.
+func (s *Server) HandleAdmin(pattern string, h http.Handler) {
+	s.admin.Handle(pattern, h)
+}
+
+// AdminAddr returns the bound host:port of the admin listener, or "" when
+// there is none or before [Server.Listen].
+func (s *Server) AdminAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.adminLn == nil {
+		return ""
+	}
+	return s.adminLn.Addr().String()
 }
 
 // Metrics is the server's own Prometheus registry, served at GET
@@ -151,7 +180,7 @@ func (s *Server) Handle(path string, h http.Handler) {
 	s.health.add(name)
 }
 
-// HandleHTTP mounts a plain HTTP handler (metrics, a web page) that is not
+// HandleHTTP mounts a plain HTTP handler (a web page, a proxy) that is not
 // a Connect service.
 func (s *Server) HandleHTTP(pattern string, h http.Handler) {
 	if pattern == "/" {
@@ -200,6 +229,14 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
 	}
+	if s.cfg.AdminAddr != "" {
+		admin, err := net.Listen("tcp", s.cfg.AdminAddr)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listen on %s (admin): %w", s.cfg.AdminAddr, err)
+		}
+		s.adminLn = admin
+	}
 	s.listener = ln
 	return nil
 }
@@ -239,7 +276,15 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	served := make(chan error, 1)
 	go func() { served <- httpServer.Serve(s.listener) }()
-	s.logger.Info("serving", slog.String("addr", s.Addr()), slog.Any("services", s.services))
+	if s.adminLn != nil {
+		adminServer := NewHTTPServer(s.admin, s.cfg)
+		adminServer.ErrorLog = httpServer.ErrorLog
+		go func() { _ = adminServer.Serve(s.adminLn) }()
+		// The admin endpoints stay up until the main listener has drained,
+		// so the drain itself can be watched.
+		defer adminServer.Close()
+	}
+	s.logger.Info("serving", slog.String("addr", s.Addr()), slog.String("admin_addr", s.AdminAddr()), slog.Any("services", s.services))
 
 	select {
 	case err := <-served:

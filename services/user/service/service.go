@@ -169,6 +169,7 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 func serverConfig(p config.Process) server.Config {
 	return server.Config{
 		Addr:            p.Server.Addr,
+		AdminAddr:       p.Server.AdminAddr,
 		MaxRequestBytes: p.Server.MaxRequestBytes,
 		DrainDelay:      p.Server.DrainDelay,
 		ShutdownTimeout: p.Server.ShutdownTimeout,
