@@ -1,7 +1,6 @@
 package consul
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,7 +57,7 @@ func (b *Backend) Close() error {
 // set (CONSUL_HTTP_TOKEN is honoured; a token Consul rejects is an error),
 // and otherwise the embedded static backend, whose peers come from
 // KEEL_PEERS ("user=127.0.0.1:8081,...").
-func BackendFromEnv(ctx context.Context) (boot.Backend, error) {
+func BackendFromEnv() (boot.Backend, error) {
 	if os.Getenv("CONSUL_HTTP_ADDR") == "" {
 		peers, err := discovery.ParseStatic(os.Getenv("KEEL_PEERS"))
 		if err != nil {

@@ -27,7 +27,7 @@ func main() {
 }
 
 func run(ctx context.Context) error {
-	backend, err := consul.BackendFromEnv(ctx)
+	backend, err := consul.BackendFromEnv()
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}

@@ -178,7 +178,7 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		Source:    source,
 		Defaults:  svc.Defaults,
 		Logger:    logger,
-		LookupEnv: settingsOnly(opts.LookupEnv),
+		LookupEnv: opts.LookupEnv,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: configuration: %w", svc.Name, err)
@@ -280,16 +280,4 @@ func buildVersion() string {
 		}
 	}
 	return "dev"
-}
-
-// settingsOnly keeps secrets out of the configuration's environment layer:
-// a secret must never become a setting, which is logged and diffed.
-func settingsOnly(lookup func(string) (string, bool)) func(string) (string, bool) {
-	return func(name string) (string, bool) {
-		switch name {
-		case "KEEL_TOKEN_KEY", "KEEL_DATABASE_DSN":
-			return "", false
-		}
-		return lookup(name)
-	}
 }

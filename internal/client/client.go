@@ -157,11 +157,6 @@ func (t *Transport) transportFor(req *http.Request) *http.Transport {
 	return t.h2c
 }
 
-// Pick chooses the instance of service the next call goes to.
-func (t *Transport) Pick(service string) (discovery.Instance, error) {
-	return t.pick(service, nil)
-}
-
 // pick chooses round robin among the instances of service, passing over
 // those tried already in this call and those recently unreachable, unless
 // that leaves none.
@@ -222,21 +217,17 @@ func (t *Transport) CloseIdleConnections() {
 // Peers hands out clients for services by logical name. Create it with
 // [New]; it is safe for concurrent use.
 type Peers struct {
-	transport *Transport
-	http      *http.Client
+	http *http.Client
 }
 
 // New returns peers resolved through resolver.
 func New(resolver discovery.Resolver) *Peers {
 	t := NewTransport(resolver)
-	return &Peers{transport: t, http: &http.Client{Transport: t}}
+	return &Peers{http: &http.Client{Transport: t}}
 }
 
 // HTTPClient is the client to pass to generated Connect client constructors.
 func (p *Peers) HTTPClient() *http.Client { return p.http }
-
-// Transport is the balancing transport behind [Peers.HTTPClient].
-func (p *Peers) Transport() *Transport { return p.transport }
 
 // BaseURL is the base URL for service: its logical name as the host.
 func (p *Peers) BaseURL(service string) string { return "http://" + service }
