@@ -144,7 +144,16 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer res.Body.Close()
+	p.relay(w, r, res, res.Body, body, sm, start, upstream)
+}
 
+// relay answers the caller with an upstream response whose body is read
+// from src, flushing stream messages as they come, and records the call.
+// body, when not nil, is the caller's request body still being forwarded:
+// it is closed once the upstream has answered in full. An upstream that
+// fails in the middle resets the caller's stream, so the caller sees a
+// failure and not a truncated success.
+func (p *proxy) relay(w http.ResponseWriter, r *http.Request, res *http.Response, src io.Reader, body *requestBody, sm *serviceMetrics, start time.Time, upstream string) {
 	length := res.ContentLength
 	if len(res.Trailer) > 0 {
 		length = -1
@@ -154,7 +163,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	contentType := res.Header.Get("Content-Type")
 	var sniffer bodySniffer
 	sniffer.sniffFor(res, contentType)
-	if err := copyResponse(w, res.Body, streams(contentType), &sniffer); err != nil {
+	if err := copyResponse(w, src, streams(contentType), &sniffer); err != nil {
 		if body != nil {
 			body.Close()
 		}
@@ -164,7 +173,6 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			sm.observe(start, connect.CodeCanceled)
 		}
-		// Reset the stream so the caller sees a failure, not a truncated success.
 		panic(http.ErrAbortHandler)
 	}
 	p.writeTrailer(w, res)
@@ -191,18 +199,9 @@ func (p *proxy) forwardUnary(w http.ResponseWriter, r *http.Request, ctx context
 		}
 		buf, err := io.ReadAll(io.LimitReader(res.Body, p.maxBuffer+1))
 		if err == nil && int64(len(buf)) > p.maxBuffer {
-			// Too large to hold: answer as a stream from here on.
-			p.writeHeader(w, res, -1)
-			if _, err := w.Write(buf); err == nil {
-				err = copyResponse(w, res.Body, false, &bodySniffer{})
-			}
-			res.Body.Close()
-			if err != nil {
-				sm.observe(start, connect.CodeUnavailable)
-				panic(http.ErrAbortHandler)
-			}
-			p.writeTrailer(w, res)
-			sm.observe(start, responseCode(res, res.Header.Get("Content-Type"), &bodySniffer{}))
+			// Too large to hold: relay the rest as it comes.
+			defer res.Body.Close()
+			p.relay(w, r, res, io.MultiReader(bytes.NewReader(buf), res.Body), nil, sm, start, upstream)
 			return
 		}
 		res.Body.Close()
