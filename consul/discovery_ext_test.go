@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,21 +109,50 @@ func ids(res discovery.Resolver, service string) ([]string, error) {
 }
 
 // waitIDs waits until res resolves exactly want for service and returns
-// how long that took.
-func waitIDs(t *testing.T, res discovery.Resolver, service string, timeout time.Duration, want ...string) time.Duration {
+// how long that took. It looks again each time the instances change.
+func waitIDs(t *testing.T, res *consul.Resolver, service string, timeout time.Duration, want ...string) time.Duration {
 	t.Helper()
 	began := time.Now()
-	var got []string
-	var err error
-	for time.Since(began) < timeout {
-		got, err = ids(res, service)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		changed := res.Changed(service) // before reading, so no change is missed
+		got, err := ids(res, service)
 		if slices.Equal(got, want) || (len(want) == 0 && errors.Is(err, discovery.ErrNoInstances)) {
 			return time.Since(began)
 		}
-		time.Sleep(10 * time.Millisecond)
+		select {
+		case <-changed:
+		case <-timer.C:
+			t.Fatalf("after %v, %s resolves to %v (err %v), want %v", timeout, service, got, err, want)
+		}
 	}
-	t.Fatalf("after %v, %s resolves to %v (err %v), want %v", timeout, service, got, err, want)
-	return 0
+}
+
+// failedCalls is an http.RoundTripper that counts the calls that got no
+// answer.
+type failedCalls struct {
+	base http.RoundTripper
+	n    atomic.Int64
+}
+
+func (f *failedCalls) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := f.base.RoundTrip(req)
+	if err != nil {
+		f.n.Add(1)
+	}
+	return resp, err
+}
+
+// countingClient is a client for agent whose failed calls calls counts.
+func countingClient(t *testing.T, agent *consultest.Agent) (client *api.Client, calls *failedCalls) {
+	t.Helper()
+	calls = &failedCalls{base: http.DefaultTransport.(*http.Transport).Clone()}
+	client, err := api.NewClient(&api.Config{Address: agent.Addr(), Token: agent.Token(), HttpClient: &http.Client{Transport: calls}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, calls
 }
 
 func TestRegistryGRPCCheckPassesAgainstKeelServer(t *testing.T) {
@@ -230,17 +261,29 @@ func TestResolverKeepsInstancesWhileAgentIsDown(t *testing.T) {
 	t.Parallel()
 	agent := consultest.Start(t)
 	client := newClient(t, agent)
-	reg, res := newRegistry(t, client), newResolver(t, client)
+	resolverClient, calls := countingClient(t, agent)
+	reg, res := newRegistry(t, client), newResolver(t, resolverClient)
 	k := serveInstance(t, "order", "order-1")
 	register(t, reg, k)
 	waitIDs(t, res, "order", 10*time.Second, "order-1")
 
+	// While the agent is down, the watch's queries fail and it retries with
+	// backoff: through several failures it answers with what it knew.
 	agent.Stop()
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+	failedBefore := calls.n.Load()
+	const failures = 4
+	for deadline := time.Now().Add(15 * time.Second); calls.n.Load() < failedBefore+failures; {
 		if got, err := ids(res, "order"); err != nil || !slices.Equal(got, []string{"order-1"}) {
-			t.Fatalf("agent down: resolved %v, %v; want the last known order-1", got, err)
+			t.Fatalf("agent down, after %d failed queries: resolved %v, %v; want the last known order-1",
+				calls.n.Load()-failedBefore, got, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d failed queries 15s after the agent stopped, want %d", calls.n.Load()-failedBefore, failures)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got, err := ids(res, "order"); err != nil || !slices.Equal(got, []string{"order-1"}) {
+		t.Fatalf("agent down, after %d failed queries: resolved %v, %v; want the last known order-1", failures, got, err)
 	}
 
 	began := time.Now()
@@ -323,4 +366,29 @@ func TestResolverWithoutConsul(t *testing.T) {
 		t.Errorf("second call: err %v after %v; want an error at once", err, time.Since(began))
 	}
 	t.Logf("error without Consul: %v", err)
+}
+
+// TestResolverAbandonsStalledQuery starts a resolver whose path to the
+// agent is silent, neither answering nor resetting. Its first query, which
+// does not block, must be given up after about 5s whatever WaitTime says,
+// and asked again on a new connection.
+func TestResolverAbandonsStalledQuery(t *testing.T) {
+	t.Parallel()
+	agent := consultest.Start(t)
+	register(t, newRegistry(t, newClient(t, agent)), serveInstance(t, "user", "user-1"))
+	proxy := startTCPProxy(t, agent.Addr())
+	proxy.Freeze()
+	client, err := api.NewClient(&api.Config{Address: proxy.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := consul.NewResolver(client, consul.ResolverConfig{FirstAnswerWait: 100 * time.Millisecond, Logger: testLogger(t)})
+	t.Cleanup(func() { _ = res.Close() })
+	if _, err := res.Instances("user"); !errors.Is(err, discovery.ErrNoInstances) {
+		t.Fatalf("Instances over a silent path: err = %v, want ErrNoInstances", err)
+	}
+	waitFor(t, 5*time.Second, "query on the silent connection", func() bool { return proxy.Swallowed() > 0 })
+	proxy.Recover() // new connections only: the one the query waits on stays silent
+	took := waitIDs(t, res, "user", 15*time.Second, "user-1")
+	t.Logf("resolved %v after the path came back for new connections", took.Round(time.Millisecond))
 }

@@ -24,7 +24,11 @@ import (
 // documented default.
 type KVSourceConfig struct {
 	// WaitTime is how long one blocking query may wait for a change before
-	// Consul answers anyway. Default 5m.
+	// Consul answers anyway. Default 5m. A query with no answer 5s after
+	// WaitTime (plus the up to WaitTime/16 Consul adds; 5s flat for a
+	// query that does not block) is abandoned as stalled, as on a
+	// half-open connection: [KVSource.Next] returns an error, as when
+	// Consul is unreachable, and the next call asks again.
 	WaitTime time.Duration
 	// MaxBackoff caps the exponential backoff, from 100ms, between queries
 	// while Consul is unreachable or failing. Default 2s, so a returning
@@ -86,14 +90,13 @@ func (s *KVSource) Next(ctx context.Context, after uint64) (config.Snapshot, err
 		wait = 0
 	}
 	for {
-		q := (&api.QueryOptions{WaitIndex: wait, WaitTime: s.cfg.WaitTime}).WithContext(ctx)
-		pairs, meta, err := s.client.KV().List(s.prefix, q)
+		pairs, meta, err := s.list(ctx, wait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return config.Snapshot{}, ctx.Err()
 			}
 			s.failures++
-			return config.Snapshot{}, fmt.Errorf("consul: list %s: %w", s.prefix, err)
+			return config.Snapshot{}, err
 		}
 		s.failures = 0
 		// Consul's rules for blocking queries: an index of 0 is never
@@ -108,6 +111,27 @@ func (s *KVSource) Next(ctx context.Context, after uint64) (config.Snapshot, err
 			return snap, nil
 		}
 		wait = index // WaitTime passed without a change
+	}
+}
+
+// list runs one (blocking, unless index is 0) query for the keys under
+// the prefix. Like the resolver's, it is bounded a little beyond the
+// blocking wait (see queryTimeout): a connection that went silent (a half-open one, to a
+// host that vanished without a reset) would otherwise hold it, and with
+// it every reload, forever.
+func (s *KVSource) list(ctx context.Context, index uint64) (api.KVPairs, *api.QueryMeta, error) {
+	bound := queryTimeout(index, s.cfg.WaitTime)
+	queryCtx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: s.cfg.WaitTime}).WithContext(queryCtx)
+	pairs, meta, err := s.client.KV().List(s.prefix, q)
+	switch {
+	case err == nil:
+		return pairs, meta, nil
+	case ctx.Err() == nil && errors.Is(queryCtx.Err(), context.DeadlineExceeded):
+		return nil, nil, fmt.Errorf("consul: list %s: no answer within %v; query abandoned as stalled: %w", s.prefix, bound, err)
+	default:
+		return nil, nil, fmt.Errorf("consul: list %s: %w", s.prefix, err)
 	}
 }
 

@@ -2,6 +2,7 @@ package consul_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,8 +68,8 @@ func kvPut(t *testing.T, client *api.Client, key, value string) {
 	}
 }
 
-// kvWait polls cond every 5ms until it holds or timeout passes.
-func kvWait(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+// waitFor polls cond every 5ms until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -82,11 +84,18 @@ func kvWait(t *testing.T, timeout time.Duration, what string, cond func() bool) 
 // agent's KV, with an optional seed file.
 func startKVWatcher(t *testing.T, client *api.Client, file string, env map[string]string) (*config.Watcher[kvSettings], *kvLog) {
 	t.Helper()
+	return startKVWatcherOn(t, consul.NewKVSource(client, config.EnvLocal, "svc", consul.KVSourceConfig{}), file, env)
+}
+
+// startKVWatcherOn is startKVWatcher over source, which reads the keys of
+// "svc" in env local.
+func startKVWatcherOn(t *testing.T, source config.Source, file string, env map[string]string) (*config.Watcher[kvSettings], *kvLog) {
+	t.Helper()
 	logs := &kvLog{}
 	opts := config.Options[kvSettings]{
 		Service:   "svc",
 		Env:       config.EnvLocal,
-		Source:    consul.NewKVSource(client, config.EnvLocal, "svc", consul.KVSourceConfig{}),
+		Source:    source,
 		Defaults:  kvDefaults(),
 		Logger:    slog.New(slog.NewJSONHandler(logs, nil)),
 		LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok },
@@ -147,10 +156,12 @@ func TestKVChangeTakesEffectWithinASecond(t *testing.T) {
 	agent := consultest.Start(t)
 	client := agent.Client()
 	w, _ := startKVWatcher(t, client, "", nil)
-	applied := make(chan kvSettings, 1)
-	w.OnChange(func(_, cfg kvSettings) { applied <- cfg })
+	// Callbacks run in the order subscribed: the LevelVar is set before
+	// the test hears of the change.
 	var level slog.LevelVar
 	config.FollowLogLevel(w, &level)
+	applied := make(chan kvSettings, 1)
+	w.OnChange(func(_, cfg kvSettings) { applied <- cfg })
 
 	var worst time.Duration
 	var latencies []string
@@ -201,7 +212,7 @@ func TestKVInvalidValueIsRejected(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("%s: txn: %v", tt.name, err)
 		}
-		kvWait(t, time.Second, tt.name+": rejection", func() bool { return w.Status().Rejected == uint64(i+1) })
+		waitFor(t, time.Second, tt.name+": rejection", func() bool { return w.Status().Rejected == uint64(i+1) })
 		st := w.Status()
 		if got := w.Current().LogLevel; got != "info" {
 			t.Errorf("%s: log level %q: part of a rejected config was applied", tt.name, got)
@@ -209,14 +220,21 @@ func TestKVInvalidValueIsRejected(t *testing.T) {
 		if keys := config.ErrorKeys(st.LastRejection); !slices.Contains(keys, tt.key) || !strings.Contains(st.LastRejection.Error(), tt.message) {
 			t.Errorf("%s: Status().LastRejection = %v, want it to name %s and say %q", tt.name, st.LastRejection, tt.key, tt.message)
 		}
-		if !strings.Contains(logs.String(), `"keys":["`+tt.key+`"]`) || !strings.Contains(logs.String(), "consul:"+full) {
+		// The watcher counts a rejection before it logs it.
+		logged := func() bool {
+			return strings.Contains(logs.String(), `"keys":["`+tt.key+`"]`) && strings.Contains(logs.String(), "consul:"+full)
+		}
+		for deadline := time.Now().Add(time.Second); !logged() && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if !logged() {
 			t.Errorf("%s: log does not name key %s and where it came from:\n%s", tt.name, tt.key, logs)
 		}
 		// Back to a good state for the next case.
 		if _, err := client.KV().DeleteTree("keel/local/svc/", nil); err != nil {
 			t.Fatal(err)
 		}
-		kvWait(t, time.Second, tt.name+": recovery", func() bool { return w.Status().Version != st.Version })
+		waitFor(t, time.Second, tt.name+": recovery", func() bool { return w.Status().Version != st.Version })
 	}
 	t.Logf("last rejection: %v", w.Status().LastRejection)
 }
@@ -231,13 +249,13 @@ func TestKVStaticChangeNeedsRestart(t *testing.T) {
 	kvPut(t, client, "keel/local/svc/server/addr", "127.0.0.1:9002")
 	kvPut(t, client, "keel/local/svc/server/max_request_bytes", "2048")
 	kvPut(t, client, "keel/local/svc/feature_flags/new_checkout", "true")
-	kvWait(t, time.Second, "dynamic change", func() bool { return w.Current().Enabled("new_checkout") })
+	waitFor(t, time.Second, "dynamic change", func() bool { return w.Current().Enabled("new_checkout") })
 	cur := w.Current().Server
 	if cur.Addr != "127.0.0.1:9001" || cur.MaxRequestBytes != 4<<20 {
 		t.Errorf("static keys applied while running: %+v", cur)
 	}
 	want := []string{"server/addr", "server/max_request_bytes"}
-	kvWait(t, time.Second, "pending restarts", func() bool { return slices.Equal(w.Status().PendingRestart, want) })
+	waitFor(t, time.Second, "pending restarts", func() bool { return slices.Equal(w.Status().PendingRestart, want) })
 	for _, line := range []string{
 		`"msg":"config change needs a restart; keeping the running value","key":"server/addr","running":"127.0.0.1:9001","wanted":"127.0.0.1:9002"`,
 		`"msg":"config change needs a restart; keeping the running value","key":"server/max_request_bytes","running":4194304,"wanted":2048`,
@@ -257,26 +275,36 @@ func TestKVWatchSurvivesAgentRestart(t *testing.T) {
 	agent := consultest.Start(t, consultest.WithACL())
 	client := agent.Client()
 	kvPut(t, client, "keel/local/svc/log_level", "debug")
-	w, logs := startKVWatcher(t, client, "token_ttl: 2h\n", nil)
+	source := &failCounter{Source: consul.NewKVSource(client, config.EnvLocal, "svc", consul.KVSourceConfig{})}
+	w, logs := startKVWatcherOn(t, source, "token_ttl: 2h\n", nil)
 	if got := w.Current().LogLevel; got != "debug" {
 		t.Fatalf("log level %q, want debug", got)
 	}
 
 	agent.Stop()
-	kvWait(t, 5*time.Second, "source error", func() bool { return w.Status().SourceErr != nil })
-	time.Sleep(1500 * time.Millisecond) // several failed retries
+	waitFor(t, 5*time.Second, "source error", func() bool { return w.Status().SourceErr != nil })
+	// The source retries, backing off, and keeps failing: through several
+	// failed reads the watcher keeps the last configuration.
+	failed := source.failures.Load()
+	const retries = 3
+	waitFor(t, 10*time.Second, "failed retries", func() bool {
+		if got := w.Current(); got.LogLevel != "debug" || got.TokenTTL != 2*time.Hour {
+			t.Fatalf("config while the agent is down: %+v, want the last one kept", got)
+		}
+		return source.failures.Load() >= failed+retries
+	})
 	if got := w.Current(); got.LogLevel != "debug" || got.TokenTTL != 2*time.Hour {
-		t.Fatalf("config while the agent is down: %+v, want the last one kept", got)
+		t.Fatalf("config after %d failed retries: %+v, want the last one kept", retries, got)
 	}
-	t.Logf("while down: %v", w.Status().SourceErr)
+	t.Logf("while down, after %d failed reads: %v", source.failures.Load(), w.Status().SourceErr)
 
 	restarted := time.Now()
 	agent.Restart()
-	kvWait(t, 5*time.Second, "source back", func() bool { return w.Status().SourceErr == nil })
+	waitFor(t, 5*time.Second, "source back", func() bool { return w.Status().SourceErr == nil })
 	t.Logf("source read again %v after the restart began", time.Since(restarted).Round(time.Millisecond))
 	start := time.Now()
 	kvPut(t, client, "keel/local/svc/log_level", "error")
-	kvWait(t, time.Second, "write after restart", func() bool { return w.Current().LogLevel == "error" })
+	waitFor(t, time.Second, "write after restart", func() bool { return w.Current().LogLevel == "error" })
 	t.Logf("KV put after restart -> in effect in %v", time.Since(start).Round(time.Millisecond))
 	if got := w.Current().TokenTTL; got != 2*time.Hour {
 		t.Errorf("token ttl %v, want 2h from the file", got)
@@ -285,6 +313,103 @@ func TestKVWatchSurvivesAgentRestart(t *testing.T) {
 		if !strings.Contains(logs.String(), msg) {
 			t.Errorf("log lacks %q:\n%s", msg, logs)
 		}
+	}
+}
+
+// failCounter is a config.Source that counts the failed reads of the one
+// it wraps.
+type failCounter struct {
+	config.Source
+	failures atomic.Int64
+}
+
+func (c *failCounter) Next(ctx context.Context, after uint64) (config.Snapshot, error) {
+	snap, err := c.Source.Next(ctx, after)
+	if err != nil {
+		c.failures.Add(1)
+	}
+	return snap, err
+}
+
+// TestKVNextAbandonsStalledQuery cuts, without a reset, the connection a
+// KVSource's blocking query waits on: Next must give the query up a little
+// after WaitTime, report the error, and read again once the path is back,
+// instead of stalling reloads forever.
+func TestKVNextAbandonsStalledQuery(t *testing.T) {
+	t.Parallel()
+	agent := consultest.Start(t)
+	kvPut(t, agent.Client(), "keel/local/svc/log_level", "debug")
+	proxy := startTCPProxy(t, agent.Addr())
+	client, err := api.NewClient(&api.Config{Address: proxy.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const waitTime = 300 * time.Millisecond
+	src := consul.NewKVSource(client, config.EnvLocal, "svc", consul.KVSourceConfig{WaitTime: waitTime})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel() // lets a Next that stalled, if the fix broke, return
+
+	// Through the proxy while it forwards: the current keys, then a change
+	// seen by a blocking query.
+	first, err := src.Next(ctx, 0)
+	if err != nil || string(first.Pairs["log_level"]) != "debug" {
+		t.Fatalf("first read: %+v, %v; want log_level debug", first, err)
+	}
+	kvPut(t, agent.Client(), "keel/local/svc/log_level", "info")
+	var changed config.Snapshot
+	if _, err := within(t, 5*time.Second, "blocking read of a change", func() (err error) {
+		changed, err = src.Next(ctx, first.Version)
+		return err
+	}); err != nil || string(changed.Pairs["log_level"]) != "info" {
+		t.Fatalf("read after a change: %+v, %v; want log_level info", changed, err)
+	}
+
+	// The path goes silent: no answer, no reset.
+	proxy.Freeze()
+	// A first read does not block: with the default WaitTime (5m) too, it
+	// is given up after 5s.
+	firstRead := make(chan error, 1)
+	go func() {
+		_, err := consul.NewKVSource(client, config.EnvLocal, "svc", consul.KVSourceConfig{}).Next(ctx, 0)
+		firstRead <- err
+	}()
+	var stalled config.Snapshot
+	took, err := within(t, 15*time.Second, "Next on a stalled connection", func() (err error) {
+		stalled, err = src.Next(ctx, changed.Version)
+		return err
+	})
+	t.Logf("Next on a silent connection gave up after %v: %v", took.Round(time.Millisecond), err)
+	if err == nil {
+		t.Fatalf("Next on a silent connection returned %+v, want an error", stalled)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		t.Errorf("error %v, want the query's own deadline exceeded", err)
+	}
+	if took < waitTime {
+		t.Errorf("gave up after %v, before the blocking wait (%v) was over", took, waitTime)
+	}
+	if proxy.Swallowed() == 0 {
+		t.Error("no query reached the silent connection")
+	}
+	select {
+	case err := <-firstRead:
+		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			t.Errorf("first read on a silent connection: error %v, want the query's own deadline exceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("first read on a silent connection, with the default WaitTime, not given up 10s after the blocking one was")
+	}
+
+	// Back, for new connections: the next call retries on one and sees
+	// what changed meanwhile.
+	kvPut(t, agent.Client(), "keel/local/svc/log_level", "warn")
+	proxy.Recover()
+	var back config.Snapshot
+	if _, err := within(t, 10*time.Second, "Next after the path came back", func() (err error) {
+		back, err = src.Next(ctx, changed.Version)
+		return err
+	}); err != nil || string(back.Pairs["log_level"]) != "warn" {
+		t.Fatalf("read after the path came back: %+v, %v; want log_level warn", back, err)
 	}
 }
 

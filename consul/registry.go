@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,20 +72,35 @@ const requestTimeout = 5 * time.Second
 // The registry keeps what it registered: until [Registry.Deregister] or
 // [Registry.Close], a background loop registers again any instance the
 // agent no longer holds, within about [RegistryConfig.ResyncInterval] of
-// the agent coming back. Registering is idempotent. Registry is safe for
-// concurrent use; create it with [NewRegistry].
+// the agent coming back. Registering is idempotent. No call to the agent
+// waits for another one, so a stalled re-registration never holds up
+// Deregister at shutdown. Registry is safe for concurrent use; create it
+// with [NewRegistry].
 type Registry struct {
 	client *api.Client
 	cfg    RegistryConfig
+	// ctx is cancelled by Close; it ends the background loop's calls.
+	ctx    context.Context
+	cancel context.CancelFunc
 
-	// mu serializes changes to the agent and to kept, so the background
-	// loop never registers again an instance being deregistered.
+	// mu guards the fields below. It is never held during a call to the
+	// agent; how calls that race each other still leave the agent holding
+	// what kept says is told at settle.
 	mu      sync.Mutex
-	kept    map[string]*api.AgentServiceRegistration
+	kept    map[string]*keptInstance
 	running bool
 	closed  bool
-	stop    chan struct{}
 	done    chan struct{}
+}
+
+// keptInstance is one registration the registry keeps. Every Register
+// makes a new one, so comparing pointers tells whether an instance was
+// replaced or deregistered while a call about it was in flight.
+type keptInstance struct {
+	reg *api.AgentServiceRegistration
+	// resent is set, under Registry.mu, when the background loop is about
+	// to send reg to the agent again.
+	resent bool
 }
 
 var _ discovery.Registry = (*Registry)(nil)
@@ -92,11 +108,13 @@ var _ discovery.Registry = (*Registry)(nil)
 // NewRegistry returns a registry that registers through client, as built
 // by [NewClient]. Its background loop starts with the first registration.
 func NewRegistry(client *api.Client, cfg RegistryConfig) *Registry {
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Registry{
 		client: client,
 		cfg:    cfg.withDefaults(),
-		kept:   make(map[string]*api.AgentServiceRegistration),
-		stop:   make(chan struct{}),
+		ctx:    ctx,
+		cancel: cancel,
+		kept:   make(map[string]*keptInstance),
 		done:   make(chan struct{}),
 	}
 }
@@ -106,22 +124,48 @@ func NewRegistry(client *api.Client, cfg RegistryConfig) *Registry {
 // [Registry.Deregister] or [Registry.Close]. A new instance starts
 // passing, since it registers once it listens, and turns critical if a
 // check fails, within about [RegistryConfig.CheckInterval]. Registering the
-// same ID again replaces the instance and its check.
+// same ID again replaces the instance and its check. When the agent
+// refuses or does not answer, Register returns the error and keeps what
+// it kept before.
 func (r *Registry) Register(ctx context.Context, inst discovery.Instance) error {
 	reg, err := r.registration(inst)
 	if err != nil {
 		return err
 	}
+	k := &keptInstance{reg: reg}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
+		r.mu.Unlock()
 		return fmt.Errorf("consul: register %s: registry is closed", inst.ID)
 	}
+	// Kept before the call, as settle requires.
+	prev := r.kept[reg.ID]
+	r.kept[reg.ID] = k
+	r.mu.Unlock()
+
 	if err := r.register(ctx, reg); err != nil {
+		r.mu.Lock()
+		if r.kept[reg.ID] == k {
+			if prev != nil {
+				r.kept[reg.ID] = prev
+			} else {
+				delete(r.kept, reg.ID)
+			}
+		}
+		resent := k.resent
+		r.mu.Unlock()
+		if resent {
+			// The background loop sent k meanwhile: undo that, if the
+			// agent lets us.
+			_ = r.settle(ctx, reg.ID, k)
+		}
 		return err
 	}
-	r.kept[reg.ID] = reg
-	if !r.running {
+	r.settleOrWarn(ctx, reg.ID, k)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.running && !r.closed {
 		r.running = true
 		go r.keep()
 	}
@@ -131,26 +175,25 @@ func (r *Registry) Register(ctx context.Context, inst discovery.Instance) error 
 // Deregister implements [discovery.Registry]: it stops keeping the
 // instance and removes it, and its check, from the agent at once, so
 // resolvers drop it before the instance stops serving. Unknown IDs are not
-// an error.
+// an error. It does not wait for the background loop, even one stalled on
+// an unresponsive agent, and an instance the loop was registering again
+// meanwhile is removed once the loop's call ends.
 func (r *Registry) Deregister(ctx context.Context, id string) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.kept, id)
-	err := r.client.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx))
-	var status api.StatusError
-	if errors.As(err, &status) && status.Code == http.StatusNotFound {
-		return nil
+	delete(r.kept, id) // before the call, as settle requires
+	r.mu.Unlock()
+	if err := r.deregister(ctx, id); err != nil {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("consul: deregister %s: %w", id, err)
-	}
+	r.settleOrWarn(ctx, id, nil)
 	return nil
 }
 
-// Close stops keeping instances registered. It does not deregister them:
-// call [Registry.Deregister] first to leave gracefully; instances left
-// behind fail their checks once their servers stop and the agent removes
-// them after [RegistryConfig.DeregisterCriticalAfter].
+// Close stops keeping instances registered, cancelling a re-registration
+// in flight. It does not deregister them: call [Registry.Deregister] first
+// to leave gracefully; instances left behind fail their checks once their
+// servers stop and the agent removes them after
+// [RegistryConfig.DeregisterCriticalAfter].
 func (r *Registry) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -159,8 +202,8 @@ func (r *Registry) Close() error {
 	}
 	r.closed = true
 	running := r.running
-	close(r.stop)
 	r.mu.Unlock()
+	r.cancel()
 	if running {
 		<-r.done
 	}
@@ -215,7 +258,7 @@ func (r *Registry) registration(inst discovery.Instance) (*api.AgentServiceRegis
 	}, nil
 }
 
-// register sends reg to the agent. Callers hold r.mu.
+// register sends reg to the agent.
 func (r *Registry) register(ctx context.Context, reg *api.AgentServiceRegistration) error {
 	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
 	if err := r.client.Agent().ServiceRegisterOpts(reg, opts); err != nil {
@@ -224,8 +267,62 @@ func (r *Registry) register(ctx context.Context, reg *api.AgentServiceRegistrati
 	return nil
 }
 
+// deregister removes the instance id from the agent; one the agent does
+// not hold is not an error.
+func (r *Registry) deregister(ctx context.Context, id string) error {
+	err := r.client.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx))
+	var status api.StatusError
+	if err == nil || (errors.As(err, &status) && status.Code == http.StatusNotFound) {
+		return nil
+	}
+	return fmt.Errorf("consul: deregister %s: %w", id, err)
+}
+
+// settle runs after a call that sent the agent sent for instance id (nil:
+// a deregistration) and makes the agent hold what r keeps for id, should
+// a concurrent Register, Deregister or resync have changed that.
+//
+// Calls to the agent are not serialized, so the agent may apply them in
+// any order. But every change to kept is made before its call starts, and
+// every caller compares kept with what it sent once its call is done. The
+// call the agent applies last is thus followed by a comparison that sees
+// the latest kept state, since that state was set before the call that
+// set it began; if they differ, settle sends the latest state again, and
+// compares again. A deregistered instance is so removed again should a
+// resync's registration reach the agent after the deregistration. Only a
+// call that fails yet reaches the agent later still (a timed-out request
+// the agent had received) escapes this.
+func (r *Registry) settle(ctx context.Context, id string, sent *keptInstance) error {
+	for {
+		r.mu.Lock()
+		want := r.kept[id]
+		r.mu.Unlock()
+		if want == sent {
+			return nil
+		}
+		var err error
+		if want == nil {
+			err = r.deregister(ctx, id)
+		} else {
+			err = r.register(ctx, want.reg)
+		}
+		if err != nil {
+			return fmt.Errorf("consul: instance %s changed during a call: %w", id, err)
+		}
+		sent = want
+	}
+}
+
+// settleOrWarn settles after a call that succeeded. The change it may send
+// is another caller's, which settles it too, so it only logs a failure.
+func (r *Registry) settleOrWarn(ctx context.Context, id string, sent *keptInstance) {
+	if err := r.settle(ctx, id, sent); err != nil {
+		r.cfg.Logger.Warn("consul: cannot apply a concurrent change", slog.Any("error", err))
+	}
+}
+
 // keep registers again, every ResyncInterval, the kept instances the
-// agent does not hold.
+// agent does not hold, until Close.
 func (r *Registry) keep() {
 	defer close(r.done)
 	ticker := time.NewTicker(r.cfg.ResyncInterval)
@@ -233,11 +330,14 @@ func (r *Registry) keep() {
 	agentDown := false
 	for {
 		select {
-		case <-r.stop:
+		case <-r.ctx.Done():
 			return
 		case <-ticker.C:
 		}
-		err := r.resync()
+		err := r.resync(r.ctx)
+		if r.ctx.Err() != nil {
+			return
+		}
 		switch {
 		case err != nil && !agentDown:
 			agentDown = true
@@ -249,29 +349,55 @@ func (r *Registry) keep() {
 	}
 }
 
-func (r *Registry) resync() error {
+// resync lists the agent's services and registers again the kept
+// instances it lacks, without holding r.mu during either call.
+func (r *Registry) resync(ctx context.Context) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.kept) == 0 || r.closed {
+	idle := len(r.kept) == 0
+	r.mu.Unlock()
+	if idle {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	held, err := r.client.Agent().ServicesWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("list agent services: %w", err)
 	}
+	// Taken after the list: an instance deregistered during it is not lost
+	// but gone, and one registered during it is registered twice, which is
+	// harmless.
+	r.mu.Lock()
+	var lost []*keptInstance
+	for id, k := range r.kept {
+		if _, ok := held[id]; !ok {
+			k.resent = true
+			lost = append(lost, k)
+		}
+	}
+	r.mu.Unlock()
+	slices.SortFunc(lost, func(a, b *keptInstance) int { return strings.Compare(a.reg.ID, b.reg.ID) })
 	var errs []error
-	for id, reg := range r.kept {
-		if _, ok := held[id]; ok {
-			continue
+	for _, k := range lost {
+		if ctx.Err() != nil {
+			errs = append(errs, fmt.Errorf("register lost instances again: %w", ctx.Err()))
+			break
 		}
-		if err := r.register(ctx, reg); err != nil {
+		err := r.register(ctx, k.reg)
+		if err == nil {
+			r.cfg.Logger.Info("consul: registered again an instance the agent had lost",
+				slog.String("id", k.reg.ID), slog.String("service", k.reg.Name))
+		} else {
 			errs = append(errs, err)
-			continue
 		}
-		r.cfg.Logger.Info("consul: registered again an instance the agent had lost",
-			slog.String("id", id), slog.String("service", reg.Name))
+		// Settle even after a failure, which may have reached the agent,
+		// and even after Close: if k was deregistered meanwhile, the agent
+		// must not keep it.
+		settleCtx, cancelSettle := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+		if err := r.settle(settleCtx, k.reg.ID, k); err != nil {
+			errs = append(errs, err)
+		}
+		cancelSettle()
 	}
 	return errors.Join(errs...)
 }

@@ -24,7 +24,10 @@ import (
 // documented default.
 type ResolverConfig struct {
 	// WaitTime is how long one blocking query may wait for a change before
-	// Consul answers anyway. Default 5m.
+	// Consul answers anyway. Default 5m. A query with no answer 5s after
+	// WaitTime (plus the up to WaitTime/16 Consul adds; 5s flat for a
+	// query that does not block) is abandoned as stalled, as on a
+	// half-open connection, and retried.
 	WaitTime time.Duration
 	// FirstAnswerWait bounds how long the first [Resolver.Instances] call
 	// for a service waits for Consul's first answer. Default 2s.
@@ -305,8 +308,7 @@ func (r *Resolver) run(w *watch) {
 // context also bounds a connection that went silent (a vanished host sends
 // no reset), which the HTTP client alone would wait on forever.
 func (r *Resolver) query(service string, index uint64, wait time.Duration) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-	// Consul adds up to wait/16 of jitter to a blocking query.
-	ctx, cancel := context.WithTimeout(r.ctx, wait+wait/16+5*time.Second)
+	ctx, cancel := context.WithTimeout(r.ctx, queryTimeout(index, wait))
 	defer cancel()
 	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 	entries, meta, err := r.client.Health().Service(service, "", true, q)
@@ -314,6 +316,23 @@ func (r *Resolver) query(service string, index uint64, wait time.Duration) ([]*a
 		return nil, nil, fmt.Errorf("query passing instances of %q: %w", service, err)
 	}
 	return entries, meta, nil
+}
+
+// blockingQuerySlack is how long past its wait (and Consul's jitter) a
+// blocking query may take to answer before it is given up as stalled.
+const blockingQuerySlack = 5 * time.Second
+
+// queryTimeout bounds one query at index that asks Consul to wait up to
+// wait for a change: Consul adds up to wait/16 of jitter, then the answer
+// has blockingQuerySlack to arrive. Past that, the connection is taken for
+// dead (a half-open one never delivers an answer nor an error) and the
+// query is abandoned so that its caller can retry on a new connection. At
+// index 0 Consul answers at once, whatever wait says.
+func queryTimeout(index uint64, wait time.Duration) time.Duration {
+	if index == 0 {
+		wait = 0
+	}
+	return wait + wait/16 + blockingQuerySlack
 }
 
 // sleep pauses for d unless the resolver closes first; it reports whether
