@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/consul"
 	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/jaegertest"
 )
 
 func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -30,6 +32,8 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	envName := flags.String("env", os.Getenv(config.EnvVar), "configuration environment: local, test or prod (default local)")
 	useConsul := flags.Bool("consul", false, "register in Consul and take configuration from Consul KV: the agent at CONSUL_HTTP_ADDR, or a dev agent started by consul/agent.sh")
 	consulDir := flags.String("consul-dir", ".keel/consul", "where the dev agent started by --consul keeps its files")
+	tracing := flags.Bool("tracing", false, "run a local Jaeger (UI on 127.0.0.1:16686, OTLP/HTTP on 127.0.0.1:4318 unless taken) and send every process's traces to it")
+	jaegerDir := flags.String("jaeger-dir", ".keel/jaeger", "where the Jaeger started by --tracing keeps its configuration and log")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -40,6 +44,24 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	opts.Env = env
 
 	began := time.Now()
+	tracingLine := ""
+	if *tracing {
+		// The script sits at the root of the tree the configuration files
+		// belong to: <root>/consul/kv -> <root>/scripts/get-jaeger.sh.
+		root := filepath.Dir(filepath.Dir(filepath.Clean(opts.ConfigDir)))
+		j, err := startJaeger(filepath.Join(root, "scripts", "get-jaeger.sh"), *jaegerDir, stderr)
+		if err != nil {
+			return err
+		}
+		// Deferred first, so it runs last: the processes have stopped, and
+		// flushed their spans, before Jaeger does.
+		defer func() {
+			j.Stop()
+			fmt.Fprintf(stderr, "keel: Jaeger stopped\n")
+		}()
+		defer setTracingEnv(j, stderr)()
+		tracingLine = fmt.Sprintf("  tracing: Jaeger UI at %s (OTLP/HTTP at %s)\n", j.UIURL(), j.OTLPEndpoint())
+	}
 	discovery := "embedded static registry"
 	if *useConsul {
 		// The agent script sits beside the configuration files: consul/agent.sh.
@@ -69,14 +91,14 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 Keel is up in %s: edge at %s
   environment: %s, discovery: %s
   services: %s
-
+%s
 Try:
   curl -s -X POST %s/shop.user.v1.UserService/Register \
     -H 'Content-Type: application/json' \
     -d '{"email":"ada@example.com","password":"correct horse","displayName":"Ada"}'
 
 Ctrl-C stops everything.
-`, time.Since(began).Round(time.Millisecond), url, env, discovery, strings.Join(p.Services(), ", "), url)
+`, time.Since(began).Round(time.Millisecond), url, env, discovery, strings.Join(p.Services(), ", "), tracingLine, url)
 	return p.Wait()
 }
 
@@ -130,4 +152,113 @@ func connectConsul(ctx context.Context, script, dir string, stderr io.Writer) (*
 		return nil, "", nil, err
 	}
 	return client, cfg.Addr, stop, nil
+}
+
+// Jaeger's ports for a developer: its usual ones, which a browser bookmark
+// and an exporter's default (OTLP/HTTP on localhost:4318) expect.
+const (
+	jaegerUIAddr       = "127.0.0.1:16686"
+	jaegerOTLPHTTPAddr = "127.0.0.1:4318"
+	jaegerOTLPGRPCAddr = "127.0.0.1:4317"
+	jaegerQueryGRPC    = "127.0.0.1:16685"
+)
+
+// startJaeger starts Jaeger for keel up --tracing: the binary from
+// KEEL_JAEGER_BIN or script (scripts/get-jaeger.sh, which builds it the
+// first time), its files in dir, on Jaeger's usual ports where they are
+// free and on free ones where they are not.
+func startJaeger(script, dir string, stderr io.Writer) (*jaegertest.Jaeger, error) {
+	bin, err := jaegertest.Binary(script, func(line string) { fmt.Fprintln(stderr, line) })
+	if err != nil {
+		return nil, fmt.Errorf("get a Jaeger binary: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	addrs, err := jaegertest.FreeAddrs()
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range []struct {
+		name      string
+		preferred string
+		addr      *string
+	}{
+		{"UI", jaegerUIAddr, &addrs.QueryHTTP},
+		{"OTLP/HTTP", jaegerOTLPHTTPAddr, &addrs.OTLPHTTP},
+		{"OTLP/gRPC", jaegerOTLPGRPCAddr, &addrs.OTLPGRPC},
+		{"query gRPC", jaegerQueryGRPC, &addrs.QueryGRPC},
+	} {
+		if *a.addr = pickAddr(a.preferred, *a.addr); *a.addr != a.preferred {
+			fmt.Fprintf(stderr, "keel: %s is taken; Jaeger's %s is on %s instead\n", a.preferred, a.name, *a.addr)
+		}
+	}
+	fmt.Fprintf(stderr, "keel: starting Jaeger %s (files in %s)\n", jaegertest.Version, dir)
+	j, err := jaegertest.Run(bin, dir, addrs)
+	if err != nil {
+		return nil, fmt.Errorf("start Jaeger: %w", err)
+	}
+	fmt.Fprintf(stderr, "keel: Jaeger is up (pid %d)\n", j.Pid())
+	return j, nil
+}
+
+// pickAddr returns preferred if it can be listened on now, else fallback.
+func pickAddr(preferred, fallback string) string {
+	l, err := net.Listen("tcp", preferred)
+	if err != nil {
+		return fallback
+	}
+	_ = l.Close()
+	return preferred
+}
+
+// tracingSampler is the sampler keel up --tracing asks for unless
+// OTEL_TRACES_SAMPLER says otherwise: every trace a process starts is
+// kept, and a process follows its caller's decision.
+const tracingSampler = "parentbased_always_on"
+
+// setTracingEnv points the OpenTelemetry SDK of every process keel up
+// boots at Jaeger, through the standard variables: the processes run in
+// this one, whose environment they read. It returns a func that restores
+// the environment as it was.
+func setTracingEnv(j *jaegertest.Jaeger, stderr io.Writer) (restore func()) {
+	set := map[string]string{
+		// Signal-specific settings win over the generic ones: drop them, or
+		// the traces would not reach this Jaeger.
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "",
+	}
+	for _, kv := range j.Env() { // OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL
+		name, value, _ := strings.Cut(kv, "=")
+		set[name] = value
+	}
+	if os.Getenv("OTEL_TRACES_SAMPLER") == "" {
+		set["OTEL_TRACES_SAMPLER"] = tracingSampler
+	}
+	type saved struct {
+		value string
+		ok    bool
+	}
+	old := map[string]saved{}
+	for name, value := range set {
+		prev, ok := os.LookupEnv(name)
+		old[name] = saved{prev, ok}
+		if prev != "" && prev != value {
+			fmt.Fprintf(stderr, "keel: --tracing replaces %s=%s\n", name, prev)
+		}
+		if value == "" {
+			_ = os.Unsetenv(name)
+		} else {
+			_ = os.Setenv(name, value)
+		}
+	}
+	return func() {
+		for name, s := range old {
+			if s.ok {
+				_ = os.Setenv(name, s.value)
+			} else {
+				_ = os.Unsetenv(name)
+			}
+		}
+	}
 }

@@ -3,15 +3,25 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	sdkresource "go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/keelplatform/keel/internal/jaegertest"
 	"github.com/keelplatform/keel/internal/testkit"
 )
 
@@ -103,6 +113,123 @@ func upAndCurl(t *testing.T, args ...string) string {
 		t.Fatal("keel up did not stop")
 	}
 	return stdout.String()
+}
+
+// TestUpWithTracingRunsJaeger runs `keel up --tracing` as a user does: it
+// starts Jaeger (scripts/get-jaeger.sh gives the binary), prints the UI
+// URL, which answers, and points the processes' OTEL_* environment at it,
+// so that a span exported with that environment can be read back from the
+// printed URL. When keel up stops, Jaeger has stopped and the environment
+// is as it was.
+func TestUpWithTracingRunsJaeger(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	t.Setenv("OTEL_TRACES_SAMPLER", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr testkit.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"up", "--tracing", "--jaeger-dir", t.TempDir(),
+			"--env", "test", "--config-dir", "../../consul/kv", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, &stdout, &stderr)
+	}()
+	banner := regexp.MustCompile(`tracing: Jaeger UI at (http://127\.0\.0\.1:\d+) \(OTLP/HTTP at (http://127\.0\.0\.1:\d+)\)(?s:.*)Ctrl-C stops everything`)
+	var m []string
+	// The first run on a machine builds Jaeger: minutes.
+	for deadline := time.Now().Add(20 * time.Minute); m == nil; {
+		if m = banner.FindStringSubmatch(stdout.String()); m == nil {
+			select {
+			case err := <-done:
+				t.Fatalf("keel up --tracing ended: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no Jaeger UI URL printed; stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+			}
+		}
+	}
+	uiURL, otlpURL := m[1], m[2]
+	pid := regexp.MustCompile(`keel: Jaeger is up \(pid (\d+)\)`).FindStringSubmatch(stderr.String())
+	if pid == nil {
+		t.Fatalf("no Jaeger pid logged:\n%s", stderr.String())
+	}
+
+	// The UI URL answers: the UI page and the API behind it.
+	for _, path := range []string{"/", "/api/services"} {
+		res, err := http.Get(uiURL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s%s: %s %s", uiURL, path, res.Status, body)
+		}
+	}
+
+	// The processes' environment points at this Jaeger.
+	if got := os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"); got != otlpURL {
+		t.Fatalf("OTEL_EXPORTER_OTLP_ENDPOINT = %q, want %q", got, otlpURL)
+	}
+	if got := os.Getenv("OTEL_TRACES_SAMPLER"); got != "parentbased_always_on" {
+		t.Fatalf("OTEL_TRACES_SAMPLER = %q", got)
+	}
+	exporter, err := otlptracehttp.New(ctx) // configured by that environment only
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter),
+		sdktrace.WithResource(sdkresource.NewSchemaless(attribute.String("service.name", "keel-up-probe"))))
+	_, span := tp.Tracer("keel").Start(ctx, "probe")
+	span.End()
+	if err := tp.Shutdown(ctx); err != nil {
+		t.Fatalf("export to %s: %v", otlpURL, err)
+	}
+	waitCtx, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	spans, err := (&jaegertest.Client{URL: uiURL}).WaitTrace(waitCtx, span.SpanContext().TraceID().String(), 1)
+	if err != nil {
+		t.Fatalf("read the span back from %s: %v", uiURL, err)
+	}
+	if spans[0].Service != "keel-up-probe" || spans[0].Operation != "probe" {
+		t.Fatalf("read back %+v", spans[0])
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("keel up returned %v\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("keel up did not stop")
+	}
+	if _, err := http.Get(uiURL + "/"); err == nil {
+		t.Fatal("Jaeger still answers after keel up ended")
+	}
+	n, _ := strconv.Atoi(pid[1])
+	if err := syscall.Kill(n, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("Jaeger (pid %d) still exists after keel up ended: %v", n, err)
+	}
+	if got := os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"); got != "" {
+		t.Fatalf("OTEL_EXPORTER_OTLP_ENDPOINT left as %q", got)
+	}
+}
+
+// TestPickAddrFallsBackWhenTaken: keel up --tracing moves a Jaeger port
+// that another program holds.
+func TestPickAddrFallsBackWhenTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := l.Addr().String()
+	if got := pickAddr(taken, "127.0.0.1:1"); got != "127.0.0.1:1" {
+		t.Fatalf("taken %s: got %s", taken, got)
+	}
+	l.Close()
+	if got := pickAddr(taken, "127.0.0.1:1"); got != taken {
+		t.Fatalf("free %s: got %s", taken, got)
+	}
 }
 
 func TestUnknownCommandFails(t *testing.T) {
