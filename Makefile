@@ -45,8 +45,8 @@ test: ## The whole gate: lint, checkgenerate, breaking, then every Go test again
 	./scripts/test.sh
 
 .PHONY: gotest
-gotest: ## Only the Go tests (needs the servers scripts/test.sh prepares).
-	go test -count=1 $(GO_PACKAGES)
+gotest: ## Only the Go tests, most under the race detector (needs what scripts/test.sh installs).
+	./scripts/test.sh go
 
 .PHONY: run
 run: ## Bring the platform up on loopback with embedded defaults.

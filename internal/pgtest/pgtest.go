@@ -15,10 +15,13 @@
 //
 // The PostgreSQL server binaries (initdb, pg_ctl) are looked up in
 // /usr/lib/postgresql/<version>/bin, then through "pg_config --bindir", then
-// on PATH. When they are missing, Start skips the test with a message saying
-// how to install them; any other failure fails the test. initdb refuses to
-// run as root, so when the tests run as root the cluster is created and run
-// as the "postgres" user through runuser.
+// on PATH. When they are missing, Start fails the test with a message saying
+// how to install them (scripts/test-deps.sh does): a machine without
+// PostgreSQL must not pass the tests that need it by skipping them. Only
+// with -short (go test -short, a quick run that never gates anything) does
+// Start skip the test instead. Any other failure fails the test. initdb
+// refuses to run as root, so when the tests run as root the cluster is
+// created and run as the "postgres" user through runuser.
 package pgtest
 
 import (
@@ -47,11 +50,16 @@ import (
 // osUser is the account the cluster runs as when the tests run as root.
 const osUser = "postgres"
 
-// installHint is shown when the server binaries are missing.
+// installHint is shown when the server binaries are missing; %s says
+// what becomes of the test.
 const installHint = `
 **********************************************************************
 pgtest: PostgreSQL server binaries (initdb, pg_ctl) were not found, so
-this test is SKIPPED. Tests against a real PostgreSQL need them:
+this test %s. Tests against a real PostgreSQL need them; install them
+with the script the gate runs, from the repository root (as root: it
+uses apt-get):
+    ./scripts/test-deps.sh
+or by hand:
     apt-get install postgresql        (Debian/Ubuntu; or postgresql-15)
 They are looked up in /usr/lib/postgresql/*/bin, via pg_config --bindir,
 and on PATH.
@@ -64,22 +72,31 @@ var (
 	dbSeq   atomic.Int64
 )
 
-// errNoBinaries marks a machine without PostgreSQL: tests skip instead of
-// failing.
+// errNoBinaries marks a machine without PostgreSQL: tests fail with
+// installHint (skip with it under -short).
 var errNoBinaries = errors.New("PostgreSQL server binaries not found")
+
+// binDirs matches the directories Debian and Ubuntu install the server
+// binaries in, one per major version. Tests change it to pretend the
+// machine has none.
+var binDirs = "/usr/lib/postgresql/*/bin"
 
 // Start returns the DSN of a new, empty database in this test binary's
 // PostgreSQL cluster, starting the cluster on first use. The DSN has the
 // form postgres://postgres@127.0.0.1:PORT/NAME?sslmode=disable and suits
 // the pgx driver. The database is dropped when t ends.
 //
-// Start skips t if PostgreSQL is not installed and fails it on any other
+// Start fails t, with a message saying how to install PostgreSQL, if it is
+// not installed (under -short it skips t instead), and fails t on any other
 // error. It is safe to call from parallel tests.
 func Start(t testing.TB) (dsn string) {
 	t.Helper()
 	once.Do(func() { shared, initErr = startCluster() })
 	if errors.Is(initErr, errNoBinaries) {
-		t.Skip(installHint)
+		if testing.Short() {
+			t.Skipf(installHint, "is SKIPPED (-short)")
+		}
+		t.Fatalf(installHint, "FAILS")
 	}
 	if initErr != nil {
 		t.Fatalf("pgtest: start PostgreSQL: %v", initErr)
@@ -278,7 +295,7 @@ func (c *cluster) run(name string, args ...string) error {
 // findBinDir finds the directory holding initdb and pg_ctl.
 func findBinDir() (string, error) {
 	var candidates []string
-	if dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin"); len(dirs) > 0 {
+	if dirs, _ := filepath.Glob(binDirs); len(dirs) > 0 {
 		// Newest major version first.
 		sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
 		candidates = append(candidates, dirs...)

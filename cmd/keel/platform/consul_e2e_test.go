@@ -87,6 +87,12 @@ func (l *lockedLines) count(substr string) int {
 	return n
 }
 
+// Write adds p as one line: a slog handler writes one record per call.
+func (l *lockedLines) Write(p []byte) (int, error) {
+	l.add(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
 func (l *lockedLines) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -202,11 +208,37 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 	return time.Since(began)
 }
 
+// consulEdge is the edge booted in this process against an agent.
+type consulEdge struct {
+	url string
+	// backend's resolver is what the edge routes by.
+	backend *consul.Backend
+	// logs holds what the backend logged (watch failures, recoveries).
+	logs *lockedLines
+}
+
+// routesTo reports whether the edge resolves service to exactly the
+// instances ids, in any order: the set it balances calls over.
+func (e *consulEdge) routesTo(service string, ids ...string) bool {
+	list, err := e.backend.Resolver().Instances(service)
+	if err != nil {
+		return len(ids) == 0
+	}
+	got := make([]string, 0, len(list))
+	for _, inst := range list {
+		got = append(got, inst.ID)
+	}
+	slices.Sort(got)
+	want := slices.Sorted(slices.Values(ids))
+	return slices.Equal(got, want)
+}
+
 // startConsulEdge boots the edge in this process against the agent.
-func startConsulEdge(t *testing.T, client *api.Client) (string, *consul.Backend) {
+func startConsulEdge(t *testing.T, client *api.Client) *consulEdge {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	backend := consul.NewBackend(client, slog.New(slog.DiscardHandler))
+	logs := &lockedLines{}
+	backend := consul.NewBackend(client, slog.New(slog.NewJSONHandler(logs, nil)))
 	r, err := boot.Start(ctx, edge.Service(), boot.Options{
 		Env:       config.EnvTest,
 		ConfigDir: configDir(t),
@@ -223,7 +255,7 @@ func startConsulEdge(t *testing.T, client *api.Client) (string, *consul.Backend)
 		_ = r.Wait()
 		_ = backend.Close()
 	})
-	return "http://" + r.Instance.Addr, backend
+	return &consulEdge{url: "http://" + r.Instance.Addr, backend: backend, logs: logs}
 }
 
 // load calls GetUser through the edge until stopped and counts failures.
@@ -259,6 +291,14 @@ func startLoad(edgeURL, id string) *load {
 	return l
 }
 
+// waitCalls waits until the load has made n more calls, failed or not,
+// than it had made when waitCalls was called.
+func (l *load) waitCalls(t *testing.T, n int64, what string) {
+	t.Helper()
+	target := l.calls.Load() + n
+	waitFor(t, what, 10*time.Second, func() bool { return l.calls.Load() >= target })
+}
+
 func (l *load) finish(t *testing.T, phase string) {
 	t.Helper()
 	close(l.stop)
@@ -279,7 +319,8 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 	a := startUserProcess(t, agent, shared...)
 	b := startUserProcess(t, agent, shared...)
 	waitFor(t, "both instances passing", 10*time.Second, func() bool { return len(passing(t, agent.Client(), "user")) == 2 })
-	edgeURL, _ := startConsulEdge(t, agent.Client())
+	front := startConsulEdge(t, agent.Client())
+	edgeURL := front.url
 
 	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC())
 	reg, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "two@example.com", Password: "correct horse", DisplayName: "Two"}))
@@ -287,20 +328,30 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := reg.Msg.GetUser().GetId()
-	for range 40 {
-		if _, err := c.GetUser(context.Background(), connect.NewRequest(&userv1.GetUserRequest{Id: id})); err != nil {
-			t.Fatal(err)
-		}
+	// Concurrent callers: the balancer weighs instances by their calls in
+	// flight and latency (power of two choices), so with equal instances
+	// under load both take a good share.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 10 {
+				if _, err := c.GetUser(context.Background(), connect.NewRequest(&userv1.GetUserRequest{Id: id})); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
 	}
+	wg.Wait()
 	onA, onB := a.logs.count("UserService/GetUser"), b.logs.count("UserService/GetUser")
-	t.Logf("40 calls through the edge: %d on %s, %d on %s", onA, a.id, onB, b.id)
-	if onA+onB != 40 || onA < 10 || onB < 10 {
+	t.Logf("80 calls through the edge: %d on %s, %d on %s", onA, a.id, onB, b.id)
+	if onA+onB != 80 || onA < 8 || onB < 8 {
 		t.Fatalf("calls not spread over both instances: %d and %d", onA, onB)
 	}
 
 	// A graceful stop deregisters first, then drains: no call fails.
 	l := startLoad(edgeURL, id)
-	time.Sleep(200 * time.Millisecond)
+	l.waitCalls(t, 20, "calls under way before the graceful stop")
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)
 	<-a.done
 	if code := a.cmd.ProcessState.ExitCode(); code != 0 {
@@ -310,7 +361,8 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 	if dereg < 0 || stopped < 0 || dereg > stopped {
 		t.Fatalf("want deregistered before stopped:\n%s", a.logs)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, "the edge routing to the remaining instance only", 10*time.Second, func() bool { return front.routesTo("user", b.id) })
+	l.waitCalls(t, 20, "calls to the remaining instance after the graceful stop")
 	l.finish(t, "graceful stop of one instance")
 	if ids := passing(t, agent.Client(), "user"); len(ids) != 1 || ids[0] != b.id {
 		t.Fatalf("after the graceful stop Consul lists %v", ids)
@@ -320,9 +372,9 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 	// calls through the edge keep succeeding meanwhile.
 	c2 := startUserProcess(t, agent, shared...)
 	waitFor(t, "replacement passing", 10*time.Second, func() bool { return len(passing(t, agent.Client(), "user")) == 2 })
-	time.Sleep(300 * time.Millisecond) // let the edge's watch see it
+	waitFor(t, "the edge's watch seeing the replacement", 10*time.Second, func() bool { return front.routesTo("user", b.id, c2.id) })
 	l = startLoad(edgeURL, id)
-	time.Sleep(200 * time.Millisecond)
+	l.waitCalls(t, 20, "calls under way before the SIGKILL")
 	killed := time.Now()
 	_ = b.cmd.Process.Signal(syscall.SIGKILL)
 	gone := waitFor(t, "killed instance leaves Consul's passing set", 15*time.Second, func() bool {
@@ -330,7 +382,8 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 		return len(ids) == 1 && ids[0] == c2.id
 	})
 	t.Logf("SIGKILL to out of Consul's passing instances: %v", gone.Round(time.Millisecond))
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, "the edge's watch seeing the killed instance leave", 10*time.Second, func() bool { return front.routesTo("user", c2.id) })
+	l.waitCalls(t, 20, "calls to the live instance after the kill")
 	l.finish(t, "SIGKILL of one instance")
 	before := c2.logs.count("UserService/GetUser")
 	for range 10 {
@@ -421,7 +474,8 @@ func TestConsulOutage(t *testing.T) {
 	agent := consultest.Start(t)
 	a := startUserProcess(t, agent)
 	waitFor(t, "instance passing", 10*time.Second, func() bool { return len(passing(t, agent.Client(), "user")) == 1 })
-	edgeURL, _ := startConsulEdge(t, agent.Client())
+	front := startConsulEdge(t, agent.Client())
+	edgeURL := front.url
 	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC())
 	reg, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "outage@example.com", Password: "correct horse", DisplayName: "O"}))
 	if err != nil {
@@ -433,7 +487,11 @@ func TestConsulOutage(t *testing.T) {
 	// and the service keeps its configuration.
 	agent.Stop()
 	l := startLoad(edgeURL, id)
-	time.Sleep(3 * time.Second)
+	waitFor(t, "the edge's watch finding Consul gone", 10*time.Second, func() bool { return front.logs.count("consul: watch failing") > 0 })
+	waitFor(t, "the service's configuration watch finding Consul gone", 10*time.Second, func() bool {
+		return a.logs.count("config source unreachable") > 0
+	})
+	l.waitCalls(t, 100, "calls through the edge once both found Consul gone")
 	l.finish(t, "Consul down")
 
 	// Back up, watches resume: a new instance is found and gets calls.
