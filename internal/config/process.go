@@ -30,6 +30,12 @@ type Process struct {
 	// FeatureFlags turns named features on (true) or off (false) while the
 	// process runs; a name not listed is off. Dynamic. Default none.
 	FeatureFlags map[string]bool `yaml:"feature_flags"`
+	// Calls is how the process calls its peers. Dynamic. Defaults: see
+	// [DefaultCalls].
+	Calls Calls `yaml:"calls"`
+	// Shedding limits the calls the process serves at once. Dynamic.
+	// Defaults: see [DefaultShedding].
+	Shedding Shedding `yaml:"shedding"`
 }
 
 // Server is how a process listens and shuts down.
@@ -69,6 +75,8 @@ func DefaultProcess() Process {
 			MaxRequestBytes: 4 << 20,
 			ShutdownTimeout: 10 * time.Second,
 		},
+		Calls:    DefaultCalls(),
+		Shedding: DefaultShedding(),
 	}
 }
 
@@ -95,6 +103,8 @@ func (p Process) Validate() error {
 	if d := p.Server.DrainDelay; d < 0 {
 		errs = append(errs, &KeyError{Key: "server/drain_delay", Err: fmt.Errorf("%s must not be negative", d)})
 	}
+	errs = append(errs, p.Calls.validate("calls")...)
+	errs = append(errs, p.Shedding.validate("shedding")...)
 	return errors.Join(errs...)
 }
 
