@@ -1,8 +1,11 @@
 // Package edge is Keel's front door: one port where browsers (gRPC-Web,
 // Connect JSON), curl and gRPC clients reach every shop service. It routes
-// each "/package.Service/Method" call to a healthy instance of the service
-// that owns it, passing Connect, gRPC and gRPC-Web through unchanged, and
-// serves gRPC health and reflection for everything it routes.
+// each "/package.Service/Method" call to the service that owns it, passing
+// Connect, gRPC and gRPC-Web through unchanged, under the call policy of
+// internal/callpolicy (balancing, breakers, retries, throttling, deadlines);
+// it sheds load it cannot take, enforces the request size limit, traces
+// every call, and serves gRPC health and reflection for everything it
+// routes.
 package edge
 
 import (
@@ -19,16 +22,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/cors"
 
-	"github.com/keelplatform/keel/internal/client"
+	"github.com/keelplatform/keel/internal/callpolicy"
+	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/telemetry"
 )
 
 // Config is how the edge listens and what it routes. The zero value of each
 // field means its documented default.
 type Config struct {
 	// Server holds the listener settings and limits. Default Addr
-	// "127.0.0.1:8080".
+	// "127.0.0.1:8080". Its MaxRequestBytes bounds every proxied request
+	// message too.
 	Server server.Config
 	// Services are the protobuf services to route. Default [ShopServices].
 	Services []string
@@ -37,12 +43,26 @@ type Config struct {
 	Routes map[string]string
 	// AllowedOrigins are the browser origins allowed by CORS. Default ["*"].
 	AllowedOrigins []string
+	// TrustedProxies are the networks (CIDR) of proxies in front of the
+	// edge whose X-Forwarded-For is kept. Default none.
+	TrustedProxies []string
+	// Calls is the call policy upstream. Default [config.DefaultCalls].
+	Calls *config.Calls
+	// Transport sends calls upstream. Default: a [callpolicy.Transport]
+	// under Calls over the resolver, its metrics in Metrics.
+	Transport http.RoundTripper
+	// Metrics is the Prometheus registry served at /metrics. Default: a
+	// new one.
+	Metrics *prometheus.Registry
+	// Telemetry traces calls. Default [telemetry.Off].
+	Telemetry *telemetry.Telemetry
 }
 
 // Edge is a running front door. Create it with [New].
 type Edge struct {
 	server *server.Server
 	routes *routeTable
+	proxy  *proxy
 	cors   atomic.Pointer[cors.Cors]
 }
 
@@ -51,37 +71,67 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 	if cfg.Server.Addr == "" {
 		cfg.Server.Addr = "127.0.0.1:8080"
 	}
+	if cfg.Server.MaxRequestBytes <= 0 {
+		cfg.Server.MaxRequestBytes = 4 << 20
+	}
 	if len(cfg.Services) == 0 {
 		cfg.Services = ShopServices()
 	}
 	if len(cfg.AllowedOrigins) == 0 {
 		cfg.AllowedOrigins = []string{"*"}
 	}
+	calls := config.DefaultCalls()
+	if cfg.Calls != nil {
+		calls = *cfg.Calls
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
 	routes, err := newRouteTable(cfg.Services, cfg.Routes, resolver)
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
+	trusted, err := newTrustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("edge: trusted proxies: %w", err)
+	}
+	if cfg.Transport == nil {
+		t, err := callpolicy.NewTransport(resolver, calls, cfg.Metrics)
+		if err != nil {
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+		cfg.Transport = t
+	}
 	e := &Edge{routes: routes}
 	e.SetAllowedOrigins(cfg.AllowedOrigins)
-	reflected := routes.services()
+	reflected := routes.names()
 	slices.Sort(reflected)
 	srv := server.New(cfg.Server, logger,
+		server.WithRegistry(cfg.Metrics),
+		server.WithTelemetry(cfg.Telemetry),
 		server.WithHealthChecker(routes),
 		server.WithReflection(reflected...),
 		server.WithMiddleware(e.withCORS),
 	)
-	metrics, err := newProxyMetrics(srv.Metrics(), routes)
+	metrics, err := newProxyMetrics(cfg.Metrics, routes)
 	if err != nil {
 		return nil, fmt.Errorf("edge: metrics: %w", err)
 	}
-	srv.HandleHTTP("/", &proxy{
-		routes:    routes,
-		transport: client.NewTransport(resolver),
-		errors:    connect.NewErrorWriter(),
-		logger:    logger,
-		metrics:   metrics,
-		maxBuffer: 1 << 20,
-	})
+	e.proxy = &proxy{
+		routes:     routes,
+		transport:  cfg.Transport,
+		errors:     connect.NewErrorWriter(),
+		logger:     logger,
+		metrics:    metrics,
+		maxRequest: int64(cfg.Server.MaxRequestBytes),
+	}
+	e.proxy.trusted.Store(trusted)
+	e.proxy.calls.Store(&calls)
+	if cfg.Telemetry.Enabled() {
+		e.proxy.tracer = cfg.Telemetry.Tracer("github.com/keelplatform/keel/edge")
+		e.proxy.propagator = cfg.Telemetry.Propagator()
+	}
+	srv.HandleHTTP("/", e.proxy)
 	e.server = srv
 	return e, nil
 }
@@ -98,6 +148,24 @@ func (e *Edge) SetAllowedOrigins(origins []string) {
 	}))
 }
 
+// SetTrustedProxies replaces the networks whose X-Forwarded-For is kept.
+func (e *Edge) SetTrustedProxies(cidrs []string) error {
+	t, err := newTrustedProxies(cidrs)
+	if err != nil {
+		return fmt.Errorf("edge: trusted proxies: %w", err)
+	}
+	e.proxy.trusted.Store(t)
+	return nil
+}
+
+// SetShedding applies new load-shedding settings; see
+// [server.Server.SetShedding].
+func (e *Edge) SetShedding(s config.Shedding) { e.server.SetShedding(s) }
+
+// SetCalls replaces the call settings the edge reads itself (the default
+// deadline of calls that carry none); the transport has its own.
+func (e *Edge) SetCalls(c config.Calls) { e.proxy.calls.Store(&c) }
+
 // withCORS answers preflights and adds CORS headers with the allowed
 // origins in effect.
 func (e *Edge) withCORS(next http.Handler) http.Handler {
@@ -107,8 +175,8 @@ func (e *Edge) withCORS(next http.Handler) http.Handler {
 }
 
 // Metrics is the edge's Prometheus registry, served at GET /metrics; see
-// [server.Server.Metrics]. Besides the server's metrics it holds
-// keel_edge_requests_total{service,code} and
+// [server.Server.Metrics]. Besides the server's and the call policy's
+// metrics it holds keel_edge_requests_total{service,code} and
 // keel_edge_duration_seconds{service}, by logical service.
 func (e *Edge) Metrics() *prometheus.Registry { return e.server.Metrics() }
 
@@ -128,6 +196,10 @@ func (e *Edge) SetShutdown(drainDelay, shutdownTimeout time.Duration) {
 
 // Listen binds the edge's address; see [server.Server.Listen].
 func (e *Edge) Listen() error { return e.server.Listen() }
+
+// Close releases the listeners of an edge that will not serve; see
+// [server.Server.Close].
+func (e *Edge) Close() error { return e.server.Close() }
 
 // Addr is the bound host:port, or "" before [Edge.Listen].
 func (e *Edge) Addr() string { return e.server.Addr() }

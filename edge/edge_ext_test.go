@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/keelplatform/keel/edge"
+	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/internal/testkit"
@@ -95,6 +96,13 @@ type fixture struct {
 
 func startEdge(t *testing.T) *fixture {
 	t.Helper()
+	return startEdgeWith(t, nil)
+}
+
+// startEdgeWith starts an edge in front of the echo upstream, its
+// configuration changed by configure when not nil.
+func startEdgeWith(t *testing.T, configure func(*edge.Config)) *fixture {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
@@ -110,11 +118,15 @@ func startEdge(t *testing.T) *fixture {
 	if err := registry.Register(ctx, discovery.Instance{ID: "echo-1", Service: "echo", Addr: upstream.Addr()}); err != nil {
 		t.Fatal(err)
 	}
-	e, err := edge.New(edge.Config{
+	cfg := edge.Config{
 		Server:   server.Config{Addr: "127.0.0.1:0"},
-		Services: []string{echoService, "keel.test.v1.EmptyService"},
+		Services: []string{echoService, "keel.test.v1.EmptyService", userv1connect.UserServiceName},
 		Routes:   map[string]string{echoService: "echo", "keel.test.v1.EmptyService": "empty"},
-	}, registry, slog.New(slog.DiscardHandler))
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	e, err := edge.New(cfg, registry, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,30 +274,39 @@ func TestDeadlineIsHonouredAndPropagated(t *testing.T) {
 	}
 }
 
-func TestUnknownServiceIsUnimplementedInEveryProtocol(t *testing.T) {
+// TestUnknownProcedureAnswersLikeConnectMux: a path that is no procedure
+// of a routed service gets what connect-go's own mux answers, HTTP 404,
+// which Connect clients read as unimplemented; gRPC and gRPC-Web callers
+// get unimplemented naming the path in their protocol. Unknown methods of
+// a routed service whose contract is known are answered by the edge too.
+func TestUnknownProcedureAnswersLikeConnectMux(t *testing.T) {
 	t.Parallel()
 	f := startEdge(t)
-	for name, opts := range map[string][]connect.ClientOption{
-		"grpc":         {connect.WithGRPC()},
-		"grpc-web":     {connect.WithGRPCWeb()},
-		"connect-json": {connect.WithProtoJSON()},
-	} {
-		t.Run(name, func(t *testing.T) {
-			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/keel.test.v1.NoSuchService/Call", opts...)
-			_, err := c.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("x")))
-			if connect.CodeOf(err) != connect.CodeUnimplemented || !strings.Contains(err.Error(), "keel.test.v1.NoSuchService") {
-				t.Fatalf("want unimplemented naming the service, got %v", err)
-			}
-		})
+	for _, path := range []string{"/keel.test.v1.NoSuchService/Call", "/shop.user.v1.UserService/NoSuchMethod"} {
+		for name, opts := range map[string][]connect.ClientOption{
+			"grpc":         {connect.WithGRPC()},
+			"grpc-web":     {connect.WithGRPCWeb()},
+			"connect-json": {connect.WithProtoJSON()},
+		} {
+			t.Run(name+path, func(t *testing.T) {
+				c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+path, opts...)
+				_, err := c.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("x")))
+				if connect.CodeOf(err) != connect.CodeUnimplemented {
+					t.Fatalf("want unimplemented, got %v", err)
+				}
+				if name != "connect-json" && !strings.Contains(err.Error(), path) {
+					t.Fatalf("want the path named, got %v", err)
+				}
+			})
+		}
 	}
 	res, err := http.Post(f.url+"/not-a-procedure", "application/json", strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
-	if res.StatusCode != http.StatusNotImplemented || !strings.Contains(string(body), `"unimplemented"`) {
-		t.Fatalf("plain POST to a bad path: %d %s", res.StatusCode, body)
+	if res.StatusCode != http.StatusNotFound {
+		t.Fatalf("plain POST to a bad path: %d, want 404", res.StatusCode)
 	}
 }
 
@@ -335,5 +356,87 @@ func TestIdentityHeadersFromOutsideAreStripped(t *testing.T) {
 		if got := res.Msg.GetValue(); got != want {
 			t.Errorf("upstream saw %s = %q, want %q", header, got, want)
 		}
+	}
+}
+
+// headerSeen asks the echo upstream, through the edge, for the values of
+// header it received, sending the extra request headers given.
+func headerSeen(t *testing.T, url, header string, extra http.Header) string {
+	t.Helper()
+	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](http.DefaultClient, url+"/"+echoService+"/Headers")
+	req := connect.NewRequest(wrapperspb.String(header))
+	for k, v := range extra {
+		req.Header()[k] = v
+	}
+	res, err := c.CallUnary(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Msg.GetValue()
+}
+
+// TestForwardedForIsNotTakenFromCallers: the edge is the front door, so
+// an X-Forwarded-For from a caller is replaced by the caller's address;
+// only a trusted proxy's is kept and extended.
+func TestForwardedForIsNotTakenFromCallers(t *testing.T) {
+	t.Parallel()
+	forged := http.Header{"X-Forwarded-For": {"203.0.113.7"}}
+	f := startEdge(t)
+	if got := headerSeen(t, f.url, "X-Forwarded-For", forged); got != "127.0.0.1" {
+		t.Errorf("untrusted caller: upstream saw X-Forwarded-For %q, want only the caller's 127.0.0.1", got)
+	}
+	trusted := startEdgeWith(t, func(c *edge.Config) { c.TrustedProxies = []string{"127.0.0.0/8"} })
+	if got := headerSeen(t, trusted.url, "X-Forwarded-For", forged); got != "203.0.113.7, 127.0.0.1" {
+		t.Errorf("trusted proxy: upstream saw X-Forwarded-For %q, want the chain extended", got)
+	}
+}
+
+// TestHeadersNamedInConnectionAreNotForwarded: Connection lists headers
+// that are for this hop only (RFC 9110, 7.6.1).
+func TestHeadersNamedInConnectionAreNotForwarded(t *testing.T) {
+	t.Parallel()
+	f := startEdge(t)
+	extra := http.Header{"Connection": {"keep-alive, X-Hop-Secret"}, "X-Hop-Secret": {"s3cret"}, "X-End-To-End": {"kept"}}
+	if got := headerSeen(t, f.url, "X-Hop-Secret", extra); got != "" {
+		t.Errorf("upstream saw X-Hop-Secret %q, which Connection marks hop-by-hop", got)
+	}
+	if got := headerSeen(t, f.url, "X-End-To-End", extra); got != "kept" {
+		t.Errorf("upstream saw X-End-To-End %q, want it forwarded", got)
+	}
+}
+
+// TestOversizedRequestIsRefusedByTheEdge: the edge enforces
+// server/max_request_bytes on what it proxies, answering
+// resource_exhausted in the caller's protocol, for unary calls and for
+// each message of a stream, without the upstream seeing the call.
+func TestOversizedRequestIsRefusedByTheEdge(t *testing.T) {
+	t.Parallel()
+	f := startEdgeWith(t, func(c *edge.Config) { c.Server.MaxRequestBytes = 1024 })
+	big := strings.Repeat("x", 2048)
+	for name, p := range map[string]struct {
+		client *http.Client
+		opts   []connect.ClientOption
+	}{
+		"connect":  {http.DefaultClient, nil},
+		"grpc":     {testkit.H2CClient(), []connect.ClientOption{connect.WithGRPC()}},
+		"grpc-web": {http.DefaultClient, []connect.ClientOption{connect.WithGRPCWeb()}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](p.client, f.url+"/"+echoService+"/Headers", p.opts...)
+			if _, err := c.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String(big))); connect.CodeOf(err) != connect.CodeResourceExhausted {
+				t.Errorf("unary: want resource_exhausted, got %v", err)
+			}
+			if _, err := c.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("small"))); err != nil {
+				t.Errorf("a call under the limit failed: %v", err)
+			}
+		})
+	}
+	// A client stream whose second message is over the limit.
+	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.Int64Value](testkit.H2CClient(), f.url+"/"+echoService+"/Sink", connect.WithGRPC())
+	stream := c.CallClientStream(context.Background())
+	_ = stream.Send(wrapperspb.String("small"))
+	_ = stream.Send(wrapperspb.String(big))
+	if _, err := stream.CloseAndReceive(); err == nil {
+		t.Fatal("a stream with a message over the limit went through")
 	}
 }

@@ -3,245 +3,273 @@ package edge
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
-	"github.com/keelplatform/keel/internal/client"
+	"github.com/keelplatform/keel/internal/callpolicy"
+	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
+	"github.com/keelplatform/keel/internal/rpcstatus"
+	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/shed"
 )
 
 // proxy forwards Connect, gRPC and gRPC-Web calls to the service that owns
-// them, unchanged: headers, body, status and trailers pass through, and
-// the caller's deadline bounds the upstream call.
+// them, unchanged but for the headers a proxy must rewrite: body, status
+// and trailers pass through, and the caller's deadline bounds the call.
+// Balancing, retries, breakers and throttling are the transport's (the
+// call policy's); the proxy decides nothing of them.
 type proxy struct {
 	routes    *routeTable
-	transport *client.Transport
+	transport http.RoundTripper
 	errors    *connect.ErrorWriter
 	logger    *slog.Logger
 	metrics   *proxyMetrics
-	// maxBuffer is the largest unary request body buffered so that a
-	// failed instance can be retried; larger bodies stream through.
-	maxBuffer int64
-}
-
-// hopHeaders are connection-level headers that must not be forwarded
-// (RFC 9110, section 7.6.1). TE is handled on its own: "trailers" is kept,
-// since gRPC servers require it.
-var hopHeaders = map[string]bool{
-	"Connection":          true,
-	"Proxy-Connection":    true,
-	"Keep-Alive":          true,
-	"Proxy-Authenticate":  true,
-	"Proxy-Authorization": true,
-	"Te":                  true,
-	"Trailer":             true,
-	"Transfer-Encoding":   true,
-	"Upgrade":             true,
+	trusted   atomic.Pointer[trustedProxies]
+	calls     atomic.Pointer[config.Calls]
+	// maxRequest bounds one request message, as server/max_request_bytes
+	// says; a unary body may be 5 bytes more (a gRPC envelope).
+	maxRequest int64
+	tracer     trace.Tracer // nil when tracing is off
+	propagator propagation.TextMapPropagator
 }
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// exchange is one call through the proxy, with what the access log and
+// the metrics need once it ends.
+type exchange struct {
+	start  time.Time
+	route  *route
+	report callpolicy.Report
+	span   trace.Span
+}
+
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	protoService, ok := serviceOf(r.URL.Path)
+	x := exchange{start: time.Now()}
+	rt, proc, ok := p.routes.lookup(r.URL.Path)
 	if !ok {
-		p.fail(w, r, p.metrics.unrouted, start, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%s is not a Keel procedure; want /package.Service/Method", r.URL.Path)))
+		server.WriteNotFound(w, r, p.errors)
+		p.finish(r, &x, connect.CodeUnimplemented)
 		return
 	}
-	upstream, ok := p.routes.lookup(protoService)
+	x.route = rt
+
+	ctx := r.Context()
+	timeout, ok := requestTimeout(r.Header)
 	if !ok {
-		p.fail(w, r, p.metrics.unrouted, start, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown service %s", protoService)))
+		timeout = p.calls.Load().TimeoutFor(rt.logical)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if p.tracer != nil {
+		ctx, x.span = p.startSpan(ctx, r)
+		defer x.span.End()
+	}
+
+	unary := connectUnary(r)
+	if proc != nil {
+		unary = proc.method.Unary
+	}
+	forwardHeaders(r.Header, r.RemoteAddr, p.trusted.Load())
+	if x.span != nil {
+		p.propagator.Inject(ctx, propagation.HeaderCarrier(r.Header))
+		if sc := x.span.SpanContext(); sc.IsSampled() {
+			// Tell the caller which trace to look for (W3C Trace Context
+			// Level 2's traceresponse).
+			w.Header()["Traceresponse"] = []string{"00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-01"}
+		}
+	}
+	ctx = callpolicy.WithReport(ctx, &x.report)
+	r.URL.Scheme, r.URL.Host = "http", rt.logical
+
+	switch {
+	case unary && r.ContentLength > p.maxRequest+5:
+		p.fail(w, r, &x, tooLarge(p.maxRequest))
+	case unary:
+		p.forwardUnary(ctx, w, r, &x)
+	default:
+		p.forwardStream(ctx, w, r, &x)
+	}
+}
+
+// unaryBody is a pooled, buffered unary request body.
+type unaryBody struct {
+	buf bytes.Buffer
+	r   bytes.Reader
+}
+
+func (b *unaryBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+func (b *unaryBody) Close() error               { return nil }
+
+var unaryBodies = sync.Pool{New: func() any { return new(unaryBody) }}
+
+// forwardUnary forwards a call with a single request message: the body
+// is read in full (so the call can be sent again), and the transport reads
+// the answer in full before it is relayed, so an instance dying in the
+// middle of its answer reaches the caller as a clean error or a retried
+// call, never as a torn stream.
+func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http.Request, x *exchange) {
+	ub := unaryBodies.Get().(*unaryBody)
+	if connectUnary(r) {
+		// Unary Connect calls go over HTTP/1.1 pools, which are done with
+		// the body when RoundTrip returns; an HTTP/2 transport may still
+		// read it after, so those bodies are not reused.
+		defer unaryBodies.Put(ub)
+	}
+	ub.buf.Reset()
+	if r.ContentLength > 0 {
+		ub.buf.Grow(int(r.ContentLength))
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		// A client that sends slowly cannot hold the edge past the call's
+		// deadline.
+		if deadline, ok := ctx.Deadline(); ok {
+			_ = http.NewResponseController(w).SetReadDeadline(deadline)
+		}
+		_, err := ub.buf.ReadFrom(io.LimitReader(r.Body, p.maxRequest+6))
+		switch {
+		case err != nil && ctx.Err() != nil:
+			p.fail(w, r, x, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded while reading the request")))
+			return
+		case err != nil:
+			p.fail(w, r, x, connect.NewError(connect.CodeCanceled, fmt.Errorf("read request: %w", err)))
+			return
+		case int64(ub.buf.Len()) > p.maxRequest+5:
+			p.fail(w, r, x, tooLarge(p.maxRequest))
+			return
+		}
+	}
+	if len(ub.buf.Bytes()) > 5 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		if n := binary.BigEndian.Uint32(ub.buf.Bytes()[1:5]); int64(n) > p.maxRequest {
+			p.fail(w, r, x, tooLarge(p.maxRequest))
+			return
+		}
+	} else if int64(ub.buf.Len()) > p.maxRequest {
+		p.fail(w, r, x, tooLarge(p.maxRequest))
 		return
 	}
-	sm := p.metrics.services[upstream]
+	ub.r.Reset(ub.buf.Bytes())
+	out := r.WithContext(ctx)
+	out.RequestURI = ""
+	out.Body = ub
+	out.ContentLength = int64(ub.buf.Len())
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(ub.buf.Bytes())), nil }
+
+	res, err := p.transport.RoundTrip(out)
+	if err != nil {
+		p.failUpstream(w, r, ctx, x, err)
+		return
+	}
+	defer res.Body.Close()
+	body, held := res.Body.(*callpolicy.Body)
+	if !held || !body.Complete() {
+		// Too large to hold: relay the rest as it comes.
+		p.relay(w, r, res, nil, x)
+		return
+	}
+	length := int64(len(body.Bytes()))
+	if len(res.Trailer) > 0 {
+		length = -1
+	}
+	writeHeader(w, res, length)
+	_, _ = w.Write(body.Bytes())
+	writeTrailer(w, res)
+	p.finish(r, x, rpcstatus.Of(res, body.Bytes()))
+}
+
+// tooLarge is the answer to a request message over the limit.
+func tooLarge(limit int64) error {
+	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("request message exceeds the limit of %d bytes", limit))
+}
+
+// forwardStream forwards a call whose messages stream: the caller's body
+// is passed on as it comes and the answer relayed as it comes.
+func (p *proxy) forwardStream(ctx context.Context, w http.ResponseWriter, r *http.Request, x *exchange) {
 	if r.ProtoMajor == 1 {
 		// Let the upstream answer before the whole request body is read
 		// (streams, early errors) without Go draining and closing it.
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
-
-	ctx := r.Context()
-	if timeout, ok := requestTimeout(r.Header); ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-
-	out := &http.Request{
-		Method:        r.Method,
-		URL:           &url.URL{Scheme: "http", Host: upstream, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
-		Header:        make(http.Header, len(r.Header)+1),
-		ContentLength: r.ContentLength,
-	}
-	for key, values := range r.Header {
-		// Keel-* headers carry identity the edge vouches for (the
-		// authenticated user, say); a caller must never set them itself.
-		if !hopHeaders[key] && !strings.HasPrefix(key, "Keel-") {
-			out.Header[key] = values
-		}
-	}
-	if te := r.Header["Te"]; len(te) > 0 && strings.Contains(strings.ToLower(te[0]), "trailers") {
-		out.Header["Te"] = []string{"trailers"}
-	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 {
-			host = strings.Join(prior, ", ") + ", " + host
-		}
-		out.Header["X-Forwarded-For"] = []string{host}
-	}
 	var body *requestBody
-	m := p.routes.methods[r.URL.Path]
+	out := r.WithContext(ctx)
+	out.RequestURI = ""
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-		if m.unary && r.ContentLength <= p.maxBuffer {
-			// Buffer the single request message so that the call can be
-			// sent to another instance if this one turns out to be dead.
-			buf, err := io.ReadAll(io.LimitReader(r.Body, p.maxBuffer+1))
-			switch {
-			case err != nil:
-				p.fail(w, r, sm, start, connect.NewError(connect.CodeCanceled, fmt.Errorf("read request: %w", err)))
-				return
-			case int64(len(buf)) > p.maxBuffer:
-				body = &requestBody{body: readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}}
-				out.Body = body
-				out.ContentLength = -1
-			default:
-				out.Body = io.NopCloser(bytes.NewReader(buf))
-				out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
-				out.ContentLength = int64(len(buf))
-			}
-		} else {
-			body = &requestBody{body: r.Body}
-			out.Body = body
-		}
+		body = &requestBody{body: r.Body, limit: p.maxRequest}
+		out.Body = body
+		out.GetBody = nil
+		out.ContentLength = -1
 	}
-	if m.idempotent {
-		ctx = client.Idempotent(ctx)
-	}
-	out = out.WithContext(ctx)
-
-	if m.unary && body == nil {
-		p.forwardUnary(w, r, ctx, out, m, sm, start, upstream)
-		return
-	}
-
 	res, err := p.transport.RoundTrip(out)
 	if err != nil {
 		if body != nil {
 			body.Close()
+			if body.tripped.Load() {
+				p.fail(w, r, x, tooLarge(p.maxRequest))
+				return
+			}
 		}
-		p.failUpstream(w, r, ctx, sm, start, upstream, err)
+		p.failUpstream(w, r, ctx, x, err)
 		return
 	}
 	defer res.Body.Close()
-	p.relay(w, r, res, res.Body, body, sm, start, upstream)
+	p.relay(w, r, res, body, x)
 }
 
-// relay answers the caller with an upstream response whose body is read
-// from src, flushing stream messages as they come, and records the call.
-// body, when not nil, is the caller's request body still being forwarded:
-// it is closed once the upstream has answered in full. An upstream that
-// fails in the middle resets the caller's stream, so the caller sees a
-// failure and not a truncated success.
-func (p *proxy) relay(w http.ResponseWriter, r *http.Request, res *http.Response, src io.Reader, body *requestBody, sm *serviceMetrics, start time.Time, upstream string) {
+// relay answers the caller with an upstream response as it comes,
+// flushing stream messages as they arrive, and records the call. body,
+// when not nil, is the caller's request body still being forwarded: it is
+// closed once the upstream has answered in full. An upstream that fails in
+// the middle resets the caller's stream, so the caller sees a failure and
+// not a truncated success.
+func (p *proxy) relay(w http.ResponseWriter, r *http.Request, res *http.Response, body *requestBody, x *exchange) {
 	length := res.ContentLength
 	if len(res.Trailer) > 0 {
 		length = -1
 	}
-	p.writeHeader(w, res, length)
+	writeHeader(w, res, length)
 
-	contentType := res.Header.Get("Content-Type")
-	var sniffer bodySniffer
-	sniffer.sniffFor(res, contentType)
-	if err := copyResponse(w, src, streams(contentType), &sniffer); err != nil {
+	var sniffer rpcstatus.Sniffer
+	sniffer.Reset(res)
+	if err := copyResponse(w, res.Body, rpcstatus.Streams(res.Header.Get("Content-Type")), &sniffer); err != nil {
 		if body != nil {
 			body.Close()
 		}
+		code := connect.CodeCanceled
 		if r.Context().Err() == nil {
-			sm.observe(start, connect.CodeUnavailable)
-			p.logger.Warn("upstream response cut short", slog.String("service", upstream), slog.String("error", err.Error()))
-		} else {
-			sm.observe(start, connect.CodeCanceled)
+			code = connect.CodeUnavailable
+			p.logger.WarnContext(r.Context(), "upstream response cut short", slog.String("service", x.route.logical), slog.String("error", err.Error()))
 		}
+		p.finish(r, x, code)
 		panic(http.ErrAbortHandler)
 	}
-	p.writeTrailer(w, res)
+	writeTrailer(w, res)
 	if body != nil {
 		// The upstream has answered in full; stop forwarding whatever the
 		// caller may still send so neither side waits on the other.
 		body.Close()
 	}
-	sm.observe(start, responseCode(res, contentType, &sniffer))
-}
-
-// forwardUnary forwards a unary call whose request is buffered, reading
-// the upstream's answer in full before answering the caller. An upstream
-// that dies in the middle of its answer (killed, say) has then sent the
-// caller nothing: the call is sent to another instance when it is
-// idempotent, and fails cleanly with unavailable otherwise, rather than
-// reaching the caller as a torn stream.
-func (p *proxy) forwardUnary(w http.ResponseWriter, r *http.Request, ctx context.Context, out *http.Request, m method, sm *serviceMetrics, start time.Time, upstream string) {
-	for attempt := 1; ; attempt++ {
-		res, err := p.transport.RoundTrip(out)
-		if err != nil {
-			p.failUpstream(w, r, ctx, sm, start, upstream, err)
-			return
-		}
-		buf, err := io.ReadAll(io.LimitReader(res.Body, p.maxBuffer+1))
-		if err == nil && int64(len(buf)) > p.maxBuffer {
-			// Too large to hold: relay the rest as it comes.
-			defer res.Body.Close()
-			p.relay(w, r, res, io.MultiReader(bytes.NewReader(buf), res.Body), nil, sm, start, upstream)
-			return
-		}
-		res.Body.Close()
-		if err == nil {
-			contentType := res.Header.Get("Content-Type")
-			var sniffer bodySniffer
-			sniffer.sniffFor(res, contentType)
-			sniffer.see(buf)
-			length := int64(len(buf))
-			if len(res.Trailer) > 0 {
-				length = -1
-			}
-			p.writeHeader(w, res, length)
-			_, _ = w.Write(buf)
-			p.writeTrailer(w, res)
-			sm.observe(start, responseCode(res, contentType, &sniffer))
-			return
-		}
-		// The instance failed while answering; the caller has seen nothing.
-		if res.Request != nil {
-			p.transport.Eject(res.Request.URL.Host)
-		}
-		retry := m.idempotent && attempt < client.MaxAttempts && ctx.Err() == nil
-		p.logger.Warn("upstream failed while answering", slog.String("service", upstream), slog.Bool("retry", retry), slog.String("error", err.Error()))
-		if !retry {
-			p.failUpstream(w, r, ctx, sm, start, upstream, err)
-			return
-		}
-		if out.GetBody != nil {
-			if out.Body, err = out.GetBody(); err != nil {
-				p.failUpstream(w, r, ctx, sm, start, upstream, err)
-				return
-			}
-		}
-	}
+	p.finish(r, x, sniffer.Code(res))
 }
 
 // writeHeader sends an upstream's status and headers to the caller, with
 // a Content-Length when length is known (not negative).
-func (p *proxy) writeHeader(w http.ResponseWriter, res *http.Response, length int64) {
+func writeHeader(w http.ResponseWriter, res *http.Response, length int64) {
 	header := w.Header()
 	for key, values := range res.Header {
 		if !hopHeaders[key] {
@@ -255,7 +283,7 @@ func (p *proxy) writeHeader(w http.ResponseWriter, res *http.Response, length in
 }
 
 // writeTrailer sends an upstream's trailers, read in full, to the caller.
-func (p *proxy) writeTrailer(w http.ResponseWriter, res *http.Response) {
+func writeTrailer(w http.ResponseWriter, res *http.Response) {
 	header := w.Header()
 	for key, values := range res.Trailer {
 		header[http.TrailerPrefix+key] = values
@@ -265,7 +293,7 @@ func (p *proxy) writeTrailer(w http.ResponseWriter, res *http.Response) {
 // copyResponse copies an upstream body to w, flushing after every read when
 // the response is a stream so messages reach the caller as they come, and
 // shows what it copies to sniffer.
-func copyResponse(w http.ResponseWriter, src io.Reader, flush bool, sniffer *bodySniffer) error {
+func copyResponse(w http.ResponseWriter, src io.Reader, flush bool, sniffer *rpcstatus.Sniffer) error {
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
 	buf := *bufp
@@ -273,7 +301,7 @@ func copyResponse(w http.ResponseWriter, src io.Reader, flush bool, sniffer *bod
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			sniffer.see(buf[:n])
+			sniffer.See(buf[:n])
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
@@ -290,45 +318,130 @@ func copyResponse(w http.ResponseWriter, src io.Reader, flush bool, sniffer *bod
 	}
 }
 
-// streams reports whether a response is framed as a stream of messages
-// (gRPC, gRPC-Web, Connect streaming) rather than a single unary body.
-func streams(ct string) bool {
-	return strings.HasPrefix(ct, "application/grpc") || strings.HasPrefix(ct, "application/connect+")
-}
-
-// fail answers the call with err in the caller's protocol and counts it
-// under sm with err's code.
-func (p *proxy) fail(w http.ResponseWriter, r *http.Request, sm *serviceMetrics, start time.Time, err error) {
+// fail answers the call with err in the caller's protocol and records it.
+func (p *proxy) fail(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
 	_ = p.errors.Write(w, r, err)
-	sm.observe(start, connect.CodeOf(err))
+	p.finish(r, x, connect.CodeOf(err))
 }
 
-func (p *proxy) failUpstream(w http.ResponseWriter, r *http.Request, ctx context.Context, sm *serviceMetrics, start time.Time, upstream string, err error) {
+// failUpstream answers a call the transport could not complete.
+func (p *proxy) failUpstream(w http.ResponseWriter, r *http.Request, ctx context.Context, x *exchange, err error) {
+	service := x.route.logical
 	switch {
 	case r.Context().Err() != nil:
-		sm.observe(start, connect.CodeCanceled)
-		return // the caller went away; nobody to answer
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		p.fail(w, r, sm, start, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded before the upstream answered")))
+		p.finish(r, x, connect.CodeCanceled) // the caller went away; nobody to answer
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		p.fail(w, r, x, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded before the upstream answered")))
 	case errors.Is(err, discovery.ErrNoInstances):
-		p.fail(w, r, sm, start, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy instances of %s", upstream)))
+		p.fail(w, r, x, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy instances of %s", service)))
+	case errors.Is(err, callpolicy.ErrAllOpen):
+		p.fail(w, r, x, connect.NewError(connect.CodeUnavailable, fmt.Errorf("every instance of %s is failing", service)))
+	case errors.Is(err, callpolicy.ErrThrottled):
+		p.fail(w, r, x, shedLike(connect.CodeUnavailable, fmt.Sprintf("%s is failing; the call was not sent", service)))
 	default:
-		p.logger.Warn("upstream call failed", slog.String("service", upstream), slog.String("error", err.Error()))
-		p.fail(w, r, sm, start, connect.NewError(connect.CodeUnavailable, fmt.Errorf("service %s is unreachable", upstream)))
+		p.logger.WarnContext(ctx, "upstream call failed", slog.String("service", service), slog.String("error", err.Error()))
+		p.fail(w, r, x, connect.NewError(connect.CodeUnavailable, fmt.Errorf("service %s is unreachable", service)))
 	}
 }
 
-// serviceOf returns "pkg.Service" from a procedure path "/pkg.Service/Method".
-func serviceOf(path string) (string, bool) {
-	if len(path) < 4 || path[0] != '/' {
-		return "", false
+// shedLike is an error with the retry hint of a shed call.
+func shedLike(code connect.Code, msg string) *connect.Error {
+	err := shed.Refusal("", time.Second)
+	out := connect.NewError(code, errors.New(msg))
+	for _, d := range err.Details() {
+		out.AddDetail(d)
 	}
-	rest := path[1:]
-	slash := strings.IndexByte(rest, '/')
-	if slash <= 0 || slash == len(rest)-1 || strings.IndexByte(rest[slash+1:], '/') >= 0 {
-		return "", false
+	out.Meta().Set("Retry-After", err.Meta().Get("Retry-After"))
+	return out
+}
+
+// finish records a call: its metrics, its span's status and the access
+// log line.
+func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
+	sm := p.metrics.unrouted
+	service := unrouted
+	if x.route != nil {
+		sm = x.route.metrics
+		service = x.route.logical
 	}
-	return rest[:slash], true
+	sm.observe(x.start, code)
+	if x.span != nil {
+		x.span.SetAttributes(attribute.String("rpc.connect_rpc.error_code", server.CodeLabel(code)),
+			attribute.String("keel.upstream.instance", x.report.Instance),
+			attribute.Int("keel.upstream.attempts", x.report.Attempts))
+		if code != 0 {
+			x.span.SetStatus(codes.Error, server.CodeLabel(code))
+		}
+	}
+	ctx := r.Context()
+	if x.span != nil {
+		ctx = trace.ContextWithSpan(ctx, x.span)
+	}
+	if !p.logger.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	p.logger.LogAttrs(ctx, slog.LevelInfo, "call",
+		slog.String("procedure", r.URL.Path),
+		slog.String("protocol", protocolOf(r)),
+		slog.String("service", service),
+		slog.String("code", server.CodeLabel(code)),
+		slog.Duration("duration", time.Since(x.start)),
+		slog.String("instance", x.report.Instance),
+		slog.Int("retries", max(x.report.Attempts-1, 0)),
+	)
+}
+
+// startSpan starts the edge's span of a call. The edge is the front door:
+// it starts a new trace for every call and links the caller's trace
+// context, if any, rather than letting callers choose traces and their
+// sampling.
+func (p *proxy) startSpan(ctx context.Context, r *http.Request) (context.Context, trace.Span) {
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithNewRoot(),
+		trace.WithAttributes(
+			attribute.String("rpc.system", rpcSystem(r)),
+			attribute.String("rpc.method", strings.TrimPrefix(r.URL.Path, "/")),
+			attribute.String("keel.protocol", protocolOf(r)),
+		),
+	}
+	if remote := trace.SpanContextFromContext(p.propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))); remote.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: remote}))
+	}
+	for _, h := range []string{"Traceparent", "Tracestate", "Baggage"} {
+		delete(r.Header, h)
+	}
+	return p.tracer.Start(ctx, "edge "+strings.TrimPrefix(r.URL.Path, "/"), opts...)
+}
+
+// protocolOf names the call's protocol from its content type.
+func protocolOf(r *http.Request) string {
+	ct := r.Header.Get("Content-Type")
+	switch {
+	case strings.HasPrefix(ct, "application/grpc-web"):
+		return "grpc-web"
+	case strings.HasPrefix(ct, "application/grpc"):
+		return "grpc"
+	default:
+		return "connect"
+	}
+}
+
+func rpcSystem(r *http.Request) string {
+	if protocolOf(r) == "connect" {
+		return "connect_rpc"
+	}
+	return "grpc"
+}
+
+// connectUnary reports whether r is a unary Connect call: a GET, or a
+// POST of application/proto or application/json.
+func connectUnary(r *http.Request) bool {
+	if r.Method == http.MethodGet {
+		return true
+	}
+	ct := r.Header["Content-Type"]
+	return len(ct) == 1 && (strings.HasPrefix(ct[0], "application/proto") || strings.HasPrefix(ct[0], "application/json"))
 }
 
 // requestTimeout reads the caller's deadline from gRPC's grpc-timeout or
@@ -336,18 +449,31 @@ func serviceOf(path string) (string, bool) {
 func requestTimeout(h http.Header) (time.Duration, bool) {
 	if v := h["Connect-Timeout-Ms"]; len(v) > 0 {
 		ms, err := strconv.ParseInt(v[0], 10, 64)
-		if err == nil && ms > 0 {
+		if err == nil && ms > 0 && ms <= 9999999999 {
 			return time.Duration(ms) * time.Millisecond, true
 		}
 		return 0, false
 	}
-	if v := h["Grpc-Timeout"]; len(v) > 0 && len(v[0]) >= 2 {
+	if v := h["Grpc-Timeout"]; len(v) > 0 && len(v[0]) >= 2 && len(v[0]) <= 9 {
 		value, err := strconv.ParseInt(v[0][:len(v[0])-1], 10, 64)
 		if err != nil || value <= 0 {
 			return 0, false
 		}
-		unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[0][len(v[0])-1]]
-		if unit == 0 {
+		var unit time.Duration
+		switch v[0][len(v[0])-1] {
+		case 'H':
+			unit = time.Hour
+		case 'M':
+			unit = time.Minute
+		case 'S':
+			unit = time.Second
+		case 'm':
+			unit = time.Millisecond
+		case 'u':
+			unit = time.Microsecond
+		case 'n':
+			unit = time.Nanosecond
+		default:
 			return 0, false
 		}
 		if value > int64(time.Duration(1<<62)/unit) {
@@ -358,18 +484,20 @@ func requestTimeout(h http.Header) (time.Duration, bool) {
 	return 0, false
 }
 
-type readCloser struct {
-	io.Reader
-	io.Closer
-}
-
 // requestBody forwards the caller's request body and can be closed by the
 // proxy once the upstream has answered, which unblocks the transport's
-// body copy on full-duplex streams.
+// body copy on full-duplex streams. It refuses a message (envelope) over
+// limit, since the edge enforces the request limit itself.
 type requestBody struct {
 	mu     sync.Mutex
 	body   io.ReadCloser
 	closed bool
+
+	limit   int64
+	header  [5]byte
+	have    int   // bytes of the current envelope header seen
+	left    int64 // payload bytes of the current envelope still to pass
+	tripped atomic.Bool
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
@@ -379,7 +507,37 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	if closed {
 		return 0, io.EOF
 	}
-	return b.body.Read(p)
+	n, err := b.body.Read(p)
+	if b.watch(p[:n]) {
+		b.tripped.Store(true)
+		return 0, tooLarge(b.limit)
+	}
+	return n, err
+}
+
+// watch follows the envelopes in p and reports whether one is over the
+// limit.
+func (b *requestBody) watch(p []byte) bool {
+	for len(p) > 0 {
+		if b.left > 0 {
+			n := min(int64(len(p)), b.left)
+			b.left -= n
+			p = p[n:]
+			continue
+		}
+		n := copy(b.header[b.have:], p)
+		b.have += n
+		p = p[n:]
+		if b.have < len(b.header) {
+			return false
+		}
+		b.have = 0
+		b.left = int64(binary.BigEndian.Uint32(b.header[1:]))
+		if b.left > b.limit {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *requestBody) Close() error {

@@ -20,6 +20,11 @@ type Settings struct {
 	// AllowedOrigins are the browser origins CORS allows; "*" allows any.
 	// Dynamic. Default ["*"].
 	AllowedOrigins []string `yaml:"allowed_origins"`
+	// TrustedProxies are the networks (CIDR, or single addresses) of
+	// proxies in front of the edge, such as a cloud load balancer, whose
+	// X-Forwarded-For is kept and extended; from anyone else it is
+	// replaced by the caller's address. Dynamic. Default none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // DefaultSettings returns the documented defaults; the edge listens on
@@ -41,6 +46,9 @@ func (s Settings) Validate() error {
 			errs = append(errs, &config.KeyError{Key: "allowed_origins", Err: errors.New("has an empty origin")})
 		}
 	}
+	if _, err := newTrustedProxies(s.TrustedProxies); err != nil {
+		errs = append(errs, &config.KeyError{Key: "trusted_proxies", Err: err})
+	}
 	return errors.Join(errs...)
 }
 
@@ -53,26 +61,27 @@ func Service() boot.Service[Settings] {
 		Build: func(_ context.Context, env boot.Env[Settings]) (boot.Process, error) {
 			s := env.Config.Current()
 			e, err := New(Config{
-				Server: server.Config{
-					Addr:            s.Server.Addr,
-					AdminAddr:       s.Server.AdminAddr,
-					MaxRequestBytes: s.Server.MaxRequestBytes,
-					DrainDelay:      s.Server.DrainDelay,
-					ShutdownTimeout: s.Server.ShutdownTimeout,
-				},
+				Server:         server.ConfigFrom(s.Process),
 				AllowedOrigins: s.AllowedOrigins,
+				TrustedProxies: s.TrustedProxies,
+				Calls:          &s.Calls,
+				Transport:      env.Peers.HTTPClient().Transport,
+				Metrics:        env.Metrics,
+				Telemetry:      env.Telemetry,
 			}, env.Resolver, env.Logger)
 			if err != nil {
 				return nil, fmt.Errorf("edge: %w", err)
 			}
-			env.Config.OnChange(func(_, s Settings) { e.SetAllowedOrigins(s.AllowedOrigins) })
+			env.Config.OnChange(func(_, s Settings) {
+				e.SetAllowedOrigins(s.AllowedOrigins)
+				e.SetCalls(s.Calls)
+				e.SetShedding(s.Shedding)
+				_ = e.SetTrustedProxies(s.TrustedProxies) // validated already
+			})
 			return e, nil
 		},
 	}
 }
 
-// The edge exposes its registry and mounts the configuration status.
-var (
-	_ boot.MetricsProcess = (*Edge)(nil)
-	_ boot.AdminProcess   = (*Edge)(nil)
-)
+// The edge mounts the configuration status.
+var _ boot.AdminProcess = (*Edge)(nil)

@@ -1,10 +1,11 @@
 // Package boot starts a Keel process the same way everywhere: in its own
 // binary, under `keel up`, and in tests. It builds the process's typed
 // configuration from its layers and keeps it current, sets up logging,
-// connects discovery, and serves: the instance registers once it listens
-// and deregisters first when it stops, before it drains. A process with a
-// Prometheus registry ([MetricsProcess]) gets the keel_config_* metrics,
-// and one that mounts HTTP handlers ([AdminProcess]) serves the
+// metrics and tracing, connects discovery, gives the process its peers
+// under the call policy, and serves: the instance registers once it
+// listens and deregisters first when it stops, before it drains. The
+// process's Prometheus registry holds the keel_config_* metrics, and a
+// process that mounts HTTP handlers ([AdminProcess]) serves the
 // configuration's status at [ConfigStatusPath].
 //
 // Where discovery and configuration live is a [Backend]: [Static] is the
@@ -22,9 +23,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keelplatform/keel/internal/client"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/logging"
+	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/telemetry"
 )
 
 // Backend is where processes find each other and their configuration.
@@ -64,6 +70,9 @@ func (s Static) Close() error { return nil }
 type Process interface {
 	// Listen binds the process's address.
 	Listen() error
+	// Close releases what the process holds (listeners, stores) when it
+	// will not serve, because its start failed after it was built.
+	Close() error
 	// Addr is the bound host:port.
 	Addr() string
 	// OnStop registers a function to run first when shutdown starts.
@@ -90,6 +99,25 @@ type Env[T Settings] struct {
 	// belongs in configuration files or KV: environment variables by
 	// default.
 	Secret func(name string) (string, bool)
+	// Metrics is the process's Prometheus registry, served at /metrics by
+	// the server [Env.Server] builds.
+	Metrics *prometheus.Registry
+	// Telemetry is the process's tracing (off unless configured).
+	Telemetry *telemetry.Telemetry
+	// Peers calls other services under the call policy of the settings'
+	// calls section, kept current as it changes.
+	Peers *client.Peers
+}
+
+// Server returns a server configured by the process's common settings
+// (listener, limits, shutdown, load shedding, the last kept current as
+// the configuration changes), registering its metrics in [Env.Metrics]
+// and tracing with [Env.Telemetry]; opts add to it.
+func (e Env[T]) Server(opts ...server.Option) *server.Server {
+	opts = append([]server.Option{server.WithRegistry(e.Metrics), server.WithTelemetry(e.Telemetry)}, opts...)
+	srv := server.New(server.ConfigFrom(e.Config.Current().ProcessConfig()), e.Logger, opts...)
+	e.Config.OnChange(func(_, cfg T) { srv.SetShedding(cfg.ProcessConfig().Shedding) })
+	return srv
 }
 
 // Service describes a process to boot.
@@ -185,21 +213,46 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 	}
 	config.FollowLogLevel(watcher, &level)
 
-	proc, err := svc.Build(ctx, Env[T]{
-		Config:   watcher,
-		Logger:   logger,
-		Resolver: opts.Backend.Resolver(),
-		Secret:   opts.LookupEnv,
-	})
+	registry := prometheus.NewRegistry()
+	tel, err := telemetry.New(svc.Name, opts.LookupEnv)
 	if err != nil {
 		watcher.Close()
 		return nil, fmt.Errorf("%s: %w", svc.Name, err)
 	}
-	if m, ok := proc.(MetricsProcess); ok {
-		if err := m.Metrics().Register(newConfigCollector(watcher.Status, source != nil)); err != nil {
-			watcher.Close()
-			return nil, fmt.Errorf("%s: register configuration metrics: %w", svc.Name, err)
+	// Everything started from here on is released on a failed start.
+	var proc Process
+	fail := func(err error) (*Running, error) {
+		if proc != nil {
+			if cerr := proc.Close(); cerr != nil {
+				logger.Warn("release after a failed start", slog.String("error", cerr.Error()))
+			}
 		}
+		shutdownTelemetry(tel, logger)
+		watcher.Close()
+		return nil, fmt.Errorf("%s: %w", svc.Name, err)
+	}
+	calls := watcher.Current().ProcessConfig().Calls
+	peers, err := client.New(opts.Backend.Resolver(), client.Options{Calls: &calls, Metrics: registry, Telemetry: tel})
+	if err != nil {
+		return fail(err)
+	}
+	watcher.OnChange(func(_, cfg T) { peers.SetSettings(cfg.ProcessConfig().Calls) })
+	if err := registry.Register(newConfigCollector(watcher.Status, source != nil)); err != nil {
+		return fail(fmt.Errorf("register configuration metrics: %w", err))
+	}
+
+	proc, err = svc.Build(ctx, Env[T]{
+		Config:    watcher,
+		Logger:    logger,
+		Resolver:  opts.Backend.Resolver(),
+		Secret:    opts.LookupEnv,
+		Metrics:   registry,
+		Telemetry: tel,
+		Peers:     peers,
+	})
+	if err != nil {
+		proc = nil // a failed Build releases what it made itself
+		return fail(err)
 	}
 	if h, ok := proc.(AdminProcess); ok {
 		h.HandleAdmin("GET "+ConfigStatusPath, configStatusHandler(watcher.Status))
@@ -215,8 +268,7 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		watcher.OnChange(func(_, cfg T) { apply(cfg) })
 	}
 	if err := proc.Listen(); err != nil {
-		watcher.Close()
-		return nil, fmt.Errorf("%s: %w", svc.Name, err)
+		return fail(err)
 	}
 
 	inst := discovery.Instance{
@@ -233,13 +285,12 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 	for k, v := range svc.Meta {
 		inst.Meta[k] = v
 	}
-	registry := opts.Backend.Registry()
-	if err := registry.Register(ctx, inst); err != nil {
-		watcher.Close()
-		return nil, fmt.Errorf("%s: register: %w", svc.Name, err)
+	instances := opts.Backend.Registry()
+	if err := instances.Register(ctx, inst); err != nil {
+		return fail(fmt.Errorf("register: %w", err))
 	}
 	proc.OnStop(func(ctx context.Context) {
-		if err := registry.Deregister(ctx, inst.ID); err != nil {
+		if err := instances.Deregister(ctx, inst.ID); err != nil {
 			logger.Warn("deregister failed", slog.String("id", inst.ID), slog.String("error", err.Error()))
 			return
 		}
@@ -251,9 +302,20 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		defer close(r.done)
 		defer watcher.Close()
 		r.err = proc.Serve(ctx)
+		peers.CloseIdleConnections()
+		shutdownTelemetry(tel, logger)
 	}()
 	logger.Info("started", slog.String("env", string(opts.Env)), slog.String("addr", inst.Addr), slog.String("id", inst.ID))
 	return r, nil
+}
+
+// shutdownTelemetry exports the spans still buffered, within a bound.
+func shutdownTelemetry(tel *telemetry.Telemetry, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tel.Shutdown(ctx); err != nil {
+		logger.Warn("telemetry shutdown", slog.String("error", err.Error()))
+	}
 }
 
 // Run starts the process and blocks until it stops.

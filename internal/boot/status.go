@@ -14,13 +14,6 @@ import (
 // its configuration status as JSON (see [ConfigStatus]).
 const ConfigStatusPath = "/debug/config/status"
 
-// MetricsProcess is a [Process] with a Prometheus registry, as
-// server.Server and edge.Edge have: boot registers the configuration
-// metrics in it.
-type MetricsProcess interface {
-	Metrics() *prometheus.Registry
-}
-
 // AdminProcess is a [Process] that mounts operators' endpoints, as
 // server.Server and edge.Edge do: boot mounts [ConfigStatusPath] there.
 type AdminProcess interface {

@@ -16,7 +16,6 @@ import (
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
-	"github.com/keelplatform/keel/internal/server"
 )
 
 // memoryBackend is the static backend with a KV layer held in memory.
@@ -39,7 +38,7 @@ func tinyService(watcher **config.Watcher[tinySettings]) boot.Service[tinySettin
 		Defaults: tinySettings{Process: config.DefaultProcess()},
 		Build: func(_ context.Context, env boot.Env[tinySettings]) (boot.Process, error) {
 			*watcher = env.Config
-			return server.New(server.Config{Addr: env.Config.Current().Server.Addr}, env.Logger), nil
+			return env.Server(), nil
 		},
 	}
 }

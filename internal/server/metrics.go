@@ -92,9 +92,14 @@ type procedureMetrics struct {
 	duration prometheus.Observer
 }
 
-func newMetrics() *metrics {
+// newMetrics registers a server's metrics in registry, or in a new one
+// when it is nil.
+func newMetrics(registry *prometheus.Registry) *metrics {
+	if registry == nil {
+		registry = prometheus.NewRegistry()
+	}
 	m := &metrics{
-		registry: prometheus.NewRegistry(),
+		registry: registry,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keel_rpc_server_requests_total",
 			Help: "RPCs handled, by procedure and Connect code (ok on success).",

@@ -4,6 +4,9 @@ import (
 	"net/http"
 
 	"connectrpc.com/grpchealth"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keelplatform/keel/internal/telemetry"
 )
 
 // Option changes how a [Server] is built.
@@ -13,6 +16,22 @@ type options struct {
 	checker    grpchealth.Checker
 	reflected  []string
 	middleware []func(http.Handler) http.Handler
+	telemetry  *telemetry.Telemetry
+	registry   *prometheus.Registry
+}
+
+// WithRegistry makes the server register its metrics in registry, shared
+// with the rest of the process, instead of a registry of its own. The
+// registry must not hold the Go and process collectors yet: the server
+// adds them.
+func WithRegistry(registry *prometheus.Registry) Option {
+	return func(o *options) { o.registry = registry }
+}
+
+// WithTelemetry traces the calls the server's Connect handlers answer,
+// continuing the trace context callers send.
+func WithTelemetry(t *telemetry.Telemetry) Option {
+	return func(o *options) { o.telemetry = t }
 }
 
 // WithHealthChecker answers health checks for services the server does not

@@ -1,7 +1,8 @@
 // Package server runs a Keel service: one listener that speaks Connect
 // (JSON and binary), gRPC and gRPC-Web over HTTP/1.1 and h2c, with gRPC
 // health, gRPC reflection, request validation, panic recovery, access logs,
-// Prometheus metrics at /metrics, request limits and graceful shutdown.
+// Prometheus metrics at /metrics, tracing, adaptive load shedding, request
+// limits and graceful shutdown.
 //
 // A service builds its Connect handler with [Server.HandlerOptions], mounts
 // it with [Server.Handle] and calls [Server.Serve]:
@@ -18,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +29,9 @@ import (
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/validate"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/shed"
 )
 
 // Config is how a server listens and how it limits its callers. The zero
@@ -55,6 +60,23 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight calls may run after the
 	// listener closes; calls still running then are cut off. Default 10s.
 	ShutdownTimeout time.Duration
+	// Shedding is the adaptive load shedding of the calls the server
+	// answers. The zero value is off; [ConfigFrom] turns it on as
+	// configured.
+	Shedding config.Shedding
+}
+
+// ConfigFrom returns the server configuration of a process's common
+// settings: its listener, limits, shutdown and load shedding.
+func ConfigFrom(p config.Process) Config {
+	return Config{
+		Addr:            p.Server.Addr,
+		AdminAddr:       p.Server.AdminAddr,
+		MaxRequestBytes: p.Server.MaxRequestBytes,
+		DrainDelay:      p.Server.DrainDelay,
+		ShutdownTimeout: p.Server.ShutdownTimeout,
+		Shedding:        p.Shedding,
+	}
 }
 
 func (c Config) withDefaults() Config {
@@ -92,7 +114,9 @@ type Server struct {
 	extra    options
 	errors   *connect.ErrorWriter
 	metrics  *metrics
-	catchAll bool // "/" is mounted; otherwise unknown paths get unimplemented
+	limiter  *shed.Limiter // nil without shedding
+	initErr  error         // reported by Listen and Serve
+	catchAll bool          // "/" is mounted; otherwise unknown paths get 404
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -117,15 +141,24 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 		health:  newHealthChecker(extra.checker),
 		extra:   extra,
 		errors:  connect.NewErrorWriter(),
-		metrics: newMetrics(),
+		metrics: newMetrics(extra.registry),
 	}
 	s.options = []connect.HandlerOption{
 		// Outermost, so that recovered panics count as internal errors.
 		connect.WithInterceptors(s.metrics),
+	}
+	if interceptor, ok := extra.telemetry.ServerInterceptor(); ok {
+		// Outside the access log, so its records carry the call's trace.
+		s.options = append(s.options, connect.WithInterceptors(interceptor))
+	}
+	s.options = append(s.options,
 		connect.WithRecover(s.recoverPanic),
 		connect.WithInterceptors(newAccessLog(logger), validate.NewInterceptor()),
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
 		connect.WithCompressMinBytes(1024),
+	)
+	if s.limiter, s.initErr = shed.NewLimiter(cfg.Shedding, s.metrics.registry); s.initErr != nil {
+		s.initErr = fmt.Errorf("server: %w", s.initErr)
 	}
 	s.admin = s.mux
 	if cfg.AdminAddr != "" {
@@ -133,6 +166,13 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 	}
 	s.mux.Handle(grpchealth.NewHandler(s.health))
 	s.admin.Handle("GET /metrics", s.metrics.handler())
+	// Profiles of the running process, for operators: CPU, heap,
+	// goroutines, mutex and block contention, execution traces.
+	s.admin.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.admin.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	s.admin.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.admin.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	s.admin.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return s
 }
 
@@ -164,8 +204,9 @@ func (s *Server) Metrics() *prometheus.Registry {
 }
 
 // HandlerOptions are the options every Connect handler mounted on this
-// server must be built with: RPC metrics, panic recovery, access logs,
-// protovalidate request validation and the request size limit.
+// server must be built with: RPC metrics, tracing (when on), panic
+// recovery, access logs, protovalidate request validation and the request
+// size limit.
 func (s *Server) HandlerOptions() []connect.HandlerOption {
 	return s.options
 }
@@ -188,6 +229,10 @@ func (s *Server) HandleHTTP(pattern string, h http.Handler) {
 	}
 	s.mux.Handle(pattern, h)
 }
+
+// SetShedding applies new load-shedding settings, as configuration
+// reloads do.
+func (s *Server) SetShedding(sh config.Shedding) { s.limiter.Set(sh) }
 
 // Services lists the fully qualified names of the mounted services.
 func (s *Server) Services() []string {
@@ -220,6 +265,9 @@ func (s *Server) OnStop(fn func(context.Context)) {
 // Listen binds the configured address. Calling it before [Server.Serve] lets
 // a caller learn the port ([Server.Addr]) first; Serve calls it if needed.
 func (s *Server) Listen() error {
+	if s.initErr != nil {
+		return s.initErr
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.listener != nil {
@@ -239,6 +287,23 @@ func (s *Server) Listen() error {
 	}
 	s.listener = ln
 	return nil
+}
+
+// Close releases the listeners of a server that will not serve (its
+// start failed after [Server.Listen]); a serving server stops through
+// the context given to [Server.Serve] instead.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, ln := range []net.Listener{s.listener, s.adminLn} {
+		if ln != nil {
+			if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Addr returns the bound host:port, or "" before [Server.Listen].
@@ -262,12 +327,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	}
 	if !s.catchAll {
-		s.mux.Handle("/", unknownService(s.errors))
+		s.mux.Handle("/", NotFound(s.errors))
 	}
 	if err := s.Listen(); err != nil {
 		return err
 	}
-	var handler http.Handler = s.mux
+	handler := s.limiter.Middleware(s.mux)
 	for _, wrap := range s.extra.middleware {
 		handler = wrap(handler)
 	}

@@ -280,3 +280,36 @@ func TestShutdownCutsOffCallsPastTheBound(t *testing.T) {
 		t.Fatal("call past the shutdown bound should fail")
 	}
 }
+
+// TestUnknownProcedureAnswersLikeConnectMux: a path that is no procedure
+// of a mounted service, or a method the contract does not have, gets what
+// connect-go's own mux answers: HTTP 404, read as unimplemented by Connect
+// clients; gRPC and gRPC-Web callers get unimplemented naming the path.
+func TestUnknownProcedureAnswersLikeConnectMux(t *testing.T) {
+	t.Parallel()
+	r := start(t, server.Config{})
+	for _, path := range []string{"/keel.test.v1.NoSuchService/Call", "/shop.user.v1.UserService/NoSuchMethod"} {
+		for name, opts := range map[string][]connect.ClientOption{
+			"connect":  nil,
+			"grpc":     {connect.WithGRPC()},
+			"grpc-web": {connect.WithGRPCWeb()},
+		} {
+			c := connect.NewClient[userv1.GetUserRequest, userv1.GetUserResponse](testkit.H2CClient(), r.url+path, opts...)
+			_, err := c.CallUnary(context.Background(), connect.NewRequest(&userv1.GetUserRequest{}))
+			if connect.CodeOf(err) != connect.CodeUnimplemented {
+				t.Errorf("%s %s: want unimplemented, got %v", name, path, err)
+			}
+			if name != "connect" && !strings.Contains(err.Error(), path) {
+				t.Errorf("%s %s: want the path named, got %v", name, path, err)
+			}
+		}
+		res, err := http.Post(r.url+path, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound {
+			t.Errorf("POST %s: %d, want 404", path, res.StatusCode)
+		}
+	}
+}

@@ -10,18 +10,28 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
-// unknownService answers paths that name no mounted service with
-// unimplemented, in the caller's protocol, instead of a plain-text 404.
-func unknownService(errors *connect.ErrorWriter) http.Handler {
+// NotFound answers a path that is no procedure of a mounted (or routed)
+// service as connect-go's own mux does: HTTP 404, which Connect clients
+// read as unimplemented, for Connect calls and anything else; and for
+// gRPC and gRPC-Web callers, which need a status, unimplemented naming the
+// path in their protocol.
+func NotFound(errors *connect.ErrorWriter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		service, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
-		_ = errors.Write(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown service %s", service)))
+		WriteNotFound(w, r, errors)
 	})
 }
 
+// WriteNotFound writes the answer of [NotFound] for r.
+func WriteNotFound(w http.ResponseWriter, r *http.Request, errors *connect.ErrorWriter) {
+	if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "application/grpc") {
+		_ = errors.Write(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("no procedure %s", r.URL.Path)))
+		return
+	}
+	http.Error(w, fmt.Sprintf("404 no procedure %s", r.URL.Path), http.StatusNotFound)
+}
+
 // knownMethodsOnly answers calls to methods the service's contract does not
-// have with unimplemented naming the method. Generated handlers answer them
-// with a plain-text 404, which no RPC client can decode.
+// have as [NotFound] does, so every unknown procedure gets one answer.
 func knownMethodsOnly(service string, h http.Handler, errors *connect.ErrorWriter) http.Handler {
 	desc, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
 	sd, ok := desc.(protoreflect.ServiceDescriptor)
@@ -34,8 +44,7 @@ func knownMethodsOnly(service string, h http.Handler, errors *connect.ErrorWrite
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !known[r.URL.Path] {
-			method := strings.TrimPrefix(r.URL.Path, "/"+service+"/")
-			_ = errors.Write(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("service %s has no method %q", service, method)))
+			WriteNotFound(w, r, errors)
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -263,3 +263,52 @@ func TestHealthTurnsNotServingDuringShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMetricsAfterAFewCalls: after calls through the edge, /metrics of
+// the edge and of the service show the series operators rely on, with
+// the labels Prometheus users expect: calls by procedure (or service) and
+// code, latency histograms, concurrency and shedding, retries and their
+// budget, and each upstream instance's breaker state and balancer picks.
+func TestMetricsAfterAFewCalls(t *testing.T) {
+	r := up(t, nil)
+	for range 3 {
+		if code, body := postJSON(t, r.url+"/shop.user.v1.UserService/Register", `{"email":"metrics@example.com","password":"correct horse","displayName":"M"}`); code != http.StatusOK && code != http.StatusConflict {
+			t.Fatalf("Register: %d %v", code, body)
+		}
+	}
+	if code, _ := postJSON(t, r.url+"/shop.user.v1.UserService/GetUser", `{"id":"0b5a3f4e-7c1d-4a8e-9f55-2f4b8b1c9d10"}`); code != http.StatusNotFound {
+		t.Fatalf("GetUser of nobody: %d", code)
+	}
+	var userAddr string
+	for _, s := range r.p.Services() {
+		if name, addr, _ := strings.Cut(s, "@"); name == "user" {
+			userAddr = addr
+		}
+	}
+	edgeMetrics := testkit.Scrape(t, r.url+"/metrics")
+	userMetrics := testkit.Scrape(t, "http://"+userAddr+"/metrics")
+	has := func(samples map[string]float64, series string, min float64) {
+		t.Helper()
+		v, ok := samples[series]
+		if !ok || v < min {
+			t.Errorf("%s = %v (present: %v), want at least %v", series, v, ok, min)
+		}
+	}
+	instance := `instance="` + userAddr + `",service="user"`
+	has(edgeMetrics, `keel_edge_requests_total{code="ok",service="user"}`, 1)
+	has(edgeMetrics, `keel_edge_requests_total{code="not_found",service="user"}`, 1)
+	has(edgeMetrics, `keel_edge_duration_seconds_count{service="user"}`, 4)
+	has(edgeMetrics, `keel_client_picks_total{`+instance+`}`, 4)
+	has(edgeMetrics, `keel_client_breaker_state{`+instance+`}`, 0)
+	has(edgeMetrics, `keel_client_retries_total{service="user"}`, 0)
+	has(edgeMetrics, `keel_client_retry_budget_exhausted_total{service="user"}`, 0)
+	has(edgeMetrics, `keel_client_throttled_total{service="user"}`, 0)
+	has(edgeMetrics, `keel_server_shed_total{priority="normal"}`, 0)
+	has(edgeMetrics, `keel_server_shed_total{priority="low"}`, 0)
+	has(edgeMetrics, `keel_server_concurrency_limit`, 1)
+	has(edgeMetrics, `keel_server_in_flight`, 0)
+	has(userMetrics, `keel_rpc_server_requests_total{code="not_found",procedure="/shop.user.v1.UserService/GetUser"}`, 1)
+	has(userMetrics, `keel_rpc_server_duration_seconds_bucket{procedure="/shop.user.v1.UserService/Register",le="+Inf"}`, 3)
+	has(userMetrics, `keel_server_in_flight`, 0)
+	has(userMetrics, `keel_bulkhead_refused_total{bulkhead="password hashing"}`, 0)
+}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
@@ -15,6 +16,7 @@ import (
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/database"
 	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/shed"
 	"github.com/keelplatform/keel/services/user/internal/handler"
 	"github.com/keelplatform/keel/services/user/internal/password"
 	"github.com/keelplatform/keel/services/user/internal/store"
@@ -39,21 +41,31 @@ type Settings struct {
 	// TokenTTL is how long a login token is valid; it applies to tokens
 	// issued after a change. Dynamic. Default 1h.
 	TokenTTL time.Duration `yaml:"token_ttl"`
-	// PasswordHashing is the argon2id cost of new password hashes. Static.
-	// Default: time 2, memory_kib 19456, threads 1 (OWASP's minimum).
-	PasswordHashing Hashing `yaml:"password_hashing" keel:"static"`
+	// PasswordHashing is the argon2id cost of new password hashes (static)
+	// and how many hashes may run at once (dynamic). Default: time 2,
+	// memory_kib 19456, threads 1 (OWASP's minimum), max_concurrent the
+	// number of CPUs, max_wait 200ms.
+	PasswordHashing Hashing `yaml:"password_hashing"`
 	// Database is where accounts are stored. Static. Default: SQLite under "data".
 	Database Database `yaml:"database" keel:"static"`
 }
 
-// Hashing is an argon2id cost.
+// Hashing is an argon2id cost, and how many hashes may run at once.
 type Hashing struct {
-	// Time is the number of passes over memory, 1 to 64.
-	Time uint32 `yaml:"time"`
-	// MemoryKiB is the memory per hash in KiB, 8192 to 1048576.
-	MemoryKiB uint32 `yaml:"memory_kib"`
-	// Threads is the degree of parallelism, 1 to 255.
-	Threads uint8 `yaml:"threads"`
+	// Time is the number of passes over memory, 1 to 64. Static.
+	Time uint32 `yaml:"time" keel:"static"`
+	// MemoryKiB is the memory per hash in KiB, 8192 to 1048576. Static.
+	MemoryKiB uint32 `yaml:"memory_kib" keel:"static"`
+	// Threads is the degree of parallelism, 1 to 255. Static.
+	Threads uint8 `yaml:"threads" keel:"static"`
+	// MaxConcurrent bounds the hashes (Register, Login) computed at once,
+	// 1 to 1024, so memory stays bounded at MaxConcurrent x MemoryKiB
+	// under any flood. Dynamic. Default: the number of CPUs.
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// MaxWait is how long a call may wait for a free slot before it is
+	// refused with resource_exhausted and a retry hint, 0 to 10s.
+	// Dynamic. Default 200ms.
+	MaxWait time.Duration `yaml:"max_wait"`
 }
 
 // Database says where accounts are stored.
@@ -71,9 +83,11 @@ func DefaultSettings() Settings {
 		Process:  config.DefaultProcess(),
 		TokenTTL: time.Hour,
 		PasswordHashing: Hashing{
-			Time:      password.DefaultParams.Time,
-			MemoryKiB: password.DefaultParams.Memory,
-			Threads:   password.DefaultParams.Threads,
+			Time:          password.DefaultParams.Time,
+			MemoryKiB:     password.DefaultParams.Memory,
+			Threads:       password.DefaultParams.Threads,
+			MaxConcurrent: runtime.NumCPU(),
+			MaxWait:       200 * time.Millisecond,
 		},
 		Database: Database{Driver: database.DriverSQLite, DataDir: "data"},
 	}
@@ -96,6 +110,12 @@ func (s Settings) Validate() error {
 	}
 	if s.PasswordHashing.Threads < 1 {
 		bad("password_hashing/threads", "must be 1 to 255, got %d", s.PasswordHashing.Threads)
+	}
+	if n := s.PasswordHashing.MaxConcurrent; n < 1 || n > 1024 {
+		bad("password_hashing/max_concurrent", "must be 1 to 1024, got %d", n)
+	}
+	if d := s.PasswordHashing.MaxWait; d < 0 || d > 10*time.Second {
+		bad("password_hashing/max_wait", "must be 0 to 10s, got %s", d)
 	}
 	switch s.Database.Driver {
 	case database.DriverSQLite:
@@ -131,6 +151,12 @@ func (p *process) Serve(ctx context.Context) error {
 	return errors.Join(err, p.store.Close())
 }
 
+// Close releases the listener and the store of a process that will not
+// serve.
+func (p *process) Close() error {
+	return errors.Join(p.Server.Close(), p.store.Close())
+}
+
 func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	settings := env.Config.Current()
 	key, _ := env.Secret(TokenKeyVar)
@@ -154,24 +180,23 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 		Memory:  settings.PasswordHashing.MemoryKiB,
 		Threads: settings.PasswordHashing.Threads,
 	}
-	h, err := handler.New(st, auth.Issuer{Key: []byte(key), TTL: settings.TokenTTL}, hashing, env.Logger)
+	hashes, err := shed.NewBulkhead("password hashing", settings.PasswordHashing.MaxConcurrent,
+		settings.PasswordHashing.MaxWait, settings.Shedding.RetryAfter, env.Metrics)
 	if err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("user handler: %w", err)
 	}
-	env.Config.OnChange(func(_, s Settings) { h.SetTokenTTL(s.TokenTTL) })
+	h, err := handler.New(st, auth.Issuer{Key: []byte(key), TTL: settings.TokenTTL}, hashing, hashes, env.Logger)
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("user handler: %w", err)
+	}
+	env.Config.OnChange(func(_, s Settings) {
+		h.SetTokenTTL(s.TokenTTL)
+		_ = hashes.Set(s.PasswordHashing.MaxConcurrent, s.PasswordHashing.MaxWait) // validated already
+	})
 
-	srv := server.New(serverConfig(settings.Process), env.Logger)
+	srv := env.Server()
 	srv.Handle(userv1connect.NewUserServiceHandler(h, srv.HandlerOptions()...))
 	return &process{Server: srv, store: st}, nil
-}
-
-func serverConfig(p config.Process) server.Config {
-	return server.Config{
-		Addr:            p.Server.Addr,
-		AdminAddr:       p.Server.AdminAddr,
-		MaxRequestBytes: p.Server.MaxRequestBytes,
-		DrainDelay:      p.Server.DrainDelay,
-		ShutdownTimeout: p.Server.ShutdownTimeout,
-	}
 }

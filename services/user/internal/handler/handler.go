@@ -24,6 +24,7 @@ import (
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/auth"
+	"github.com/keelplatform/keel/internal/shed"
 	"github.com/keelplatform/keel/services/user/internal/account"
 	"github.com/keelplatform/keel/services/user/internal/password"
 )
@@ -41,7 +42,10 @@ type Handler struct {
 	users   account.Repository
 	tokens  auth.Issuer
 	hashing password.Params
-	logger  *slog.Logger
+	// hashes bounds the argon2id hashes computed at once (each costs
+	// memory_kib of memory); nil means no bound.
+	hashes *shed.Bulkhead
+	logger *slog.Logger
 	// dummyHash is verified against when a login names an unknown email,
 	// so that such a login costs what a wrong password costs and timing
 	// does not reveal which emails are registered.
@@ -54,11 +58,12 @@ type Handler struct {
 var _ userv1connect.UserServiceHandler = (*Handler)(nil)
 
 // New returns a Handler storing accounts in users, hashing new passwords
-// with hashing (normally [password.DefaultParams]), signing login tokens
+// with hashing (normally [password.DefaultParams]) within the bulkhead
+// hashes (nil for no bound), signing login tokens
 // with tokens and logging internal errors to logger. It fails if tokens is
 // unusable (see [auth.Issuer.Validate]) or logger is nil. It hashes one
 // random password up front, so it takes as long as one hash.
-func New(users account.Repository, tokens auth.Issuer, hashing password.Params, logger *slog.Logger) (*Handler, error) {
+func New(users account.Repository, tokens auth.Issuer, hashing password.Params, hashes *shed.Bulkhead, logger *slog.Logger) (*Handler, error) {
 	if users == nil {
 		return nil, errors.New("handler: nil account repository")
 	}
@@ -72,7 +77,7 @@ func New(users account.Repository, tokens auth.Issuer, hashing password.Params, 
 	if err != nil {
 		return nil, fmt.Errorf("handler: %w", err)
 	}
-	h := &Handler{users: users, tokens: tokens, hashing: hashing, logger: logger, dummyHash: dummy}
+	h := &Handler{users: users, tokens: tokens, hashing: hashing, hashes: hashes, logger: logger, dummyHash: dummy}
 	h.tokenTTL.Store(int64(tokens.TTL))
 	return h, nil
 }
@@ -94,8 +99,16 @@ func (h *Handler) Register(ctx context.Context, req *connect.Request[userv1.Regi
 	if req.Msg.GetPassword() == "" {
 		return nil, invalidArgument("password is required")
 	}
-	hash, err := password.Hash(req.Msg.GetPassword(), h.hashing)
-	if err != nil {
+	var hash string
+	err := h.bounded(ctx, func() (err error) {
+		hash, err = password.Hash(req.Msg.GetPassword(), h.hashing)
+		return err
+	})
+	var cerr *connect.Error
+	switch {
+	case errors.As(err, &cerr):
+		return nil, cerr // refused: the hashes at capacity, or the caller gone
+	case err != nil:
 		return nil, h.internal(ctx, req.Spec(), err)
 	}
 	u, err := h.users.Create(ctx, account.NewUser{
@@ -119,13 +132,26 @@ func (h *Handler) Login(ctx context.Context, req *connect.Request[userv1.LoginRe
 	u, err := h.users.GetByEmail(ctx, account.NormalizeEmail(req.Msg.GetEmail()))
 	switch {
 	case errors.Is(err, account.ErrNotFound):
-		_, _ = password.Verify(req.Msg.GetPassword(), h.dummyHash)
+		if err := h.bounded(ctx, func() error {
+			_, _ = password.Verify(req.Msg.GetPassword(), h.dummyHash)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
 		return nil, badCredentials
 	case err != nil:
 		return nil, h.internal(ctx, req.Spec(), err)
 	}
-	ok, err := password.Verify(req.Msg.GetPassword(), u.PasswordHash)
-	if err != nil {
+	var ok bool
+	err = h.bounded(ctx, func() (err error) {
+		ok, err = password.Verify(req.Msg.GetPassword(), u.PasswordHash)
+		return err
+	})
+	var cerr *connect.Error
+	switch {
+	case errors.As(err, &cerr):
+		return nil, cerr
+	case err != nil:
 		return nil, h.internal(ctx, req.Spec(), fmt.Errorf("stored hash of user %s: %w", u.ID, err))
 	}
 	if !ok {
@@ -142,6 +168,15 @@ func (h *Handler) Login(ctx context.Context, req *connect.Request[userv1.LoginRe
 		ExpireTime:  timestamppb.New(expires),
 		User:        toProto(u),
 	}), nil
+}
+
+// bounded runs fn, which hashes, within the hashing bulkhead. A refusal
+// comes back as resource_exhausted with a retry hint.
+func (h *Handler) bounded(ctx context.Context, fn func() error) error {
+	if h.hashes == nil {
+		return fn()
+	}
+	return h.hashes.Do(ctx, fn)
 }
 
 // GetUser implements [userv1connect.UserServiceHandler.GetUser].

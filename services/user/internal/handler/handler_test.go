@@ -37,7 +37,7 @@ func newClient(t *testing.T) userv1connect.UserServiceClient {
 	}
 	t.Cleanup(func() { _ = st.Close() })
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
-	h, err := handler.New(st, auth.Issuer{Key: testKey, TTL: time.Hour}, cheap, logger)
+	h, err := handler.New(st, auth.Issuer{Key: testKey, TTL: time.Hour}, cheap, nil, logger)
 	if err != nil {
 		t.Fatalf("handler.New: %v", err)
 	}
@@ -210,10 +210,10 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = st.Close() })
 	logger := slog.New(slog.DiscardHandler)
-	if _, err := handler.New(st, auth.Issuer{Key: []byte("short"), TTL: time.Hour}, cheap, logger); !errors.Is(err, auth.ErrKeyTooShort) {
+	if _, err := handler.New(st, auth.Issuer{Key: []byte("short"), TTL: time.Hour}, cheap, nil, logger); !errors.Is(err, auth.ErrKeyTooShort) {
 		t.Errorf("short key: got %v, want ErrKeyTooShort", err)
 	}
-	if _, err := handler.New(st, auth.Issuer{Key: testKey, TTL: time.Hour}, cheap, nil); err == nil {
+	if _, err := handler.New(st, auth.Issuer{Key: testKey, TTL: time.Hour}, cheap, nil, nil); err == nil {
 		t.Error("nil logger accepted")
 	}
 }
@@ -224,7 +224,7 @@ func TestInternalErrorsSayNothing(t *testing.T) {
 		t.Fatalf("open store: %v", err)
 	}
 	var logs strings.Builder
-	h, err := handler.New(st, auth.Issuer{Key: testKey, TTL: time.Hour}, cheap, slog.New(slog.NewTextHandler(&logs, nil)))
+	h, err := handler.New(st, auth.Issuer{Key: testKey, TTL: time.Hour}, cheap, nil, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatalf("handler.New: %v", err)
 	}

@@ -1,0 +1,343 @@
+package edge
+
+import (
+	"net/http"
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestRequestTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+		want   time.Duration
+		ok     bool
+	}{
+		{name: "none", header: http.Header{}},
+
+		{name: "connect ms", header: http.Header{"Connect-Timeout-Ms": {"1500"}}, want: 1500 * time.Millisecond, ok: true},
+		{name: "connect one ms", header: http.Header{"Connect-Timeout-Ms": {"1"}}, want: time.Millisecond, ok: true},
+		{name: "connect ten digits", header: http.Header{"Connect-Timeout-Ms": {"9999999999"}}, want: 9999999999 * time.Millisecond, ok: true},
+		{name: "connect eleven digits", header: http.Header{"Connect-Timeout-Ms": {"10000000000"}}},
+		{name: "connect zero", header: http.Header{"Connect-Timeout-Ms": {"0"}}},
+		{name: "connect negative", header: http.Header{"Connect-Timeout-Ms": {"-5"}}},
+		{name: "connect garbage", header: http.Header{"Connect-Timeout-Ms": {"5s"}}},
+		{name: "connect empty", header: http.Header{"Connect-Timeout-Ms": {""}}},
+		{name: "connect overflows int64", header: http.Header{"Connect-Timeout-Ms": {"99999999999999999999"}}},
+
+		{name: "grpc hours", header: http.Header{"Grpc-Timeout": {"2H"}}, want: 2 * time.Hour, ok: true},
+		{name: "grpc minutes", header: http.Header{"Grpc-Timeout": {"3M"}}, want: 3 * time.Minute, ok: true},
+		{name: "grpc seconds", header: http.Header{"Grpc-Timeout": {"4S"}}, want: 4 * time.Second, ok: true},
+		{name: "grpc milliseconds", header: http.Header{"Grpc-Timeout": {"250m"}}, want: 250 * time.Millisecond, ok: true},
+		{name: "grpc microseconds", header: http.Header{"Grpc-Timeout": {"750u"}}, want: 750 * time.Microsecond, ok: true},
+		{name: "grpc nanoseconds", header: http.Header{"Grpc-Timeout": {"900n"}}, want: 900 * time.Nanosecond, ok: true},
+		{name: "grpc eight digits", header: http.Header{"Grpc-Timeout": {"99999999m"}}, want: 99999999 * time.Millisecond, ok: true},
+		{name: "grpc nine digits", header: http.Header{"Grpc-Timeout": {"100000000m"}}},
+		{name: "grpc lowercase seconds", header: http.Header{"Grpc-Timeout": {"5s"}}},
+		{name: "grpc lowercase hours", header: http.Header{"Grpc-Timeout": {"5h"}}},
+		{name: "grpc unknown unit", header: http.Header{"Grpc-Timeout": {"5x"}}},
+		{name: "grpc no unit", header: http.Header{"Grpc-Timeout": {"15"}}, want: 0, ok: false},
+		{name: "grpc unit only", header: http.Header{"Grpc-Timeout": {"S"}}},
+		{name: "grpc empty", header: http.Header{"Grpc-Timeout": {""}}},
+		{name: "grpc zero", header: http.Header{"Grpc-Timeout": {"0S"}}},
+		{name: "grpc negative", header: http.Header{"Grpc-Timeout": {"-1S"}}},
+		{name: "grpc garbage digits", header: http.Header{"Grpc-Timeout": {"1.5S"}}},
+		// time.Duration holds about 2.9 million hours; the limit is 1<<62ns.
+		{name: "grpc largest hours", header: http.Header{"Grpc-Timeout": {"1281023H"}}, want: 1281023 * time.Hour, ok: true},
+		{name: "grpc hours overflow", header: http.Header{"Grpc-Timeout": {"1281024H"}}},
+		{name: "grpc eight digit hours overflow", header: http.Header{"Grpc-Timeout": {"99999999H"}}},
+		{name: "grpc minutes overflow", header: http.Header{"Grpc-Timeout": {"99999999M"}}},
+		{name: "grpc eight digit seconds fit", header: http.Header{"Grpc-Timeout": {"99999999S"}}, want: 99999999 * time.Second, ok: true},
+
+		{name: "connect header wins", header: http.Header{"Connect-Timeout-Ms": {"10"}, "Grpc-Timeout": {"1H"}}, want: 10 * time.Millisecond, ok: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := requestTimeout(tc.header)
+			if got != tc.want || ok != tc.ok {
+				t.Fatalf("requestTimeout(%v) = %v, %v; want %v, %v", tc.header, got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestServiceOf(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want string
+		ok   bool
+	}{
+		{"/shop.user.v1.UserService/GetUser", "shop.user.v1.UserService", true},
+		{"/grpc.health.v1.Health/Check", "grpc.health.v1.Health", true},
+		{"/a/b", "a", true},
+		{"", "", false},
+		{"/", "", false},
+		{"//x", "", false},
+		{"//xy", "", false},
+		{"/a/", "", false},
+		{"/ab/", "", false},
+		{"/abc", "", false},
+		{"/a/b/c", "", false},
+		{"/pkg.Service/Method/", "", false},
+		{"pkg.Service/Method", "", false},
+		{"x/pkg.Service/Method", "", false},
+	} {
+		got, ok := serviceOf(tc.path)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("serviceOf(%q) = %q, %v; want %q, %v", tc.path, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// mustTrust builds the trusted proxies of list, failing t on a parse error.
+func mustTrust(t *testing.T, list ...string) *trustedProxies {
+	t.Helper()
+	trusted, err := newTrustedProxies(list)
+	if err != nil {
+		t.Fatalf("newTrustedProxies(%q): %v", list, err)
+	}
+	return trusted
+}
+
+func TestForwardHeaders(t *testing.T) {
+	const caller = "203.0.113.9:50000"
+	for _, tc := range []struct {
+		name    string
+		in      http.Header
+		remote  string
+		trusted []string
+		want    http.Header
+	}{
+		{
+			name: "end-to-end headers kept",
+			in: http.Header{
+				"Content-Type":  {"application/grpc"},
+				"Authorization": {"Bearer t"},
+				"Grpc-Timeout":  {"5S"},
+				"X-Custom":      {"a", "b"},
+			},
+			remote: caller,
+			want: http.Header{
+				"Content-Type":    {"application/grpc"},
+				"Authorization":   {"Bearer t"},
+				"Grpc-Timeout":    {"5S"},
+				"X-Custom":        {"a", "b"},
+				"X-Forwarded-For": {"203.0.113.9"},
+			},
+		},
+		{
+			name: "hop-by-hop headers removed",
+			in: http.Header{
+				"Connection":          {"keep-alive"},
+				"Proxy-Connection":    {"keep-alive"},
+				"Keep-Alive":          {"timeout=5"},
+				"Proxy-Authenticate":  {"Basic"},
+				"Proxy-Authorization": {"Basic eA=="},
+				"Trailer":             {"Grpc-Status"},
+				"Transfer-Encoding":   {"chunked"},
+				"Upgrade":             {"websocket"},
+				"Content-Type":        {"application/json"},
+			},
+			remote: caller,
+			want:   http.Header{"Content-Type": {"application/json"}, "X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name: "headers named by Connection removed",
+			in: http.Header{
+				"Connection":   {"X-Hop, x-other-hop ,,", "X-THIRD"},
+				"X-Hop":        {"1"},
+				"X-Other-Hop":  {"2"},
+				"X-Third":      {"3"},
+				"X-End":        {"4"},
+				"Content-Type": {"application/proto"},
+			},
+			remote: caller,
+			want: http.Header{
+				"X-End":           {"4"},
+				"Content-Type":    {"application/proto"},
+				"X-Forwarded-For": {"203.0.113.9"},
+			},
+		},
+		{
+			name:   "TE trailers kept",
+			in:     http.Header{"Te": {"trailers"}},
+			remote: caller,
+			want:   http.Header{"Te": {"trailers"}, "X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:   "TE trailers normalised",
+			in:     http.Header{"Te": {"Trailers, deflate;q=0.5"}},
+			remote: caller,
+			want:   http.Header{"Te": {"trailers"}, "X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:   "other TE dropped",
+			in:     http.Header{"Te": {"gzip, deflate"}},
+			remote: caller,
+			want:   http.Header{"X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name: "identity headers removed",
+			in: http.Header{
+				"Keel-User":     {"admin"},
+				"Keel-Tenant":   {"t1"},
+				"Keel-Priority": {"high"},
+				"Keelson":       {"not ours"},
+			},
+			remote: caller,
+			want:   http.Header{"Keelson": {"not ours"}, "X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:   "low priority kept",
+			in:     http.Header{"Keel-Priority": {"low"}, "Keel-User": {"admin"}},
+			remote: caller,
+			want:   http.Header{"Keel-Priority": {"low"}, "X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:   "low priority normalised",
+			in:     http.Header{"Keel-Priority": {"LOW"}},
+			remote: caller,
+			want:   http.Header{"Keel-Priority": {"low"}, "X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:   "low priority with another value removed",
+			in:     http.Header{"Keel-Priority": {"low", "high"}},
+			remote: caller,
+			want:   http.Header{"X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:   "forwarded-for of an untrusted caller replaced",
+			in:     http.Header{"X-Forwarded-For": {"198.51.100.1", "198.51.100.2"}},
+			remote: caller,
+			want:   http.Header{"X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:    "forwarded-for of a caller outside the trusted prefixes replaced",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  caller,
+			trusted: []string{"10.0.0.0/8", "192.0.2.7"},
+			want:    http.Header{"X-Forwarded-For": {"203.0.113.9"}},
+		},
+		{
+			name:    "forwarded-for of a trusted prefix appended",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1", "198.51.100.2, 198.51.100.3"}},
+			remote:  "10.1.2.3:4000",
+			trusted: []string{"10.0.0.0/8"},
+			want:    http.Header{"X-Forwarded-For": {"198.51.100.1, 198.51.100.2, 198.51.100.3, 10.1.2.3"}},
+		},
+		{
+			name:    "forwarded-for of a trusted address appended",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  "192.0.2.7:4000",
+			trusted: []string{"10.0.0.0/8", "192.0.2.7"},
+			want:    http.Header{"X-Forwarded-For": {"198.51.100.1, 192.0.2.7"}},
+		},
+		{
+			name:    "neighbour of a trusted address replaced",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  "192.0.2.8:4000",
+			trusted: []string{"192.0.2.7"},
+			want:    http.Header{"X-Forwarded-For": {"192.0.2.8"}},
+		},
+		{
+			name:    "trusted caller without forwarded-for",
+			in:      http.Header{},
+			remote:  "10.1.2.3:4000",
+			trusted: []string{"10.0.0.0/8"},
+			want:    http.Header{"X-Forwarded-For": {"10.1.2.3"}},
+		},
+		{
+			name:   "untrusted IPv6 caller",
+			in:     http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote: "[2001:db8::1]:443",
+			want:   http.Header{"X-Forwarded-For": {"2001:db8::1"}},
+		},
+		{
+			name:    "trusted IPv6 caller",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  "[2001:db8::1]:443",
+			trusted: []string{"2001:db8::/32"},
+			want:    http.Header{"X-Forwarded-For": {"198.51.100.1, 2001:db8::1"}},
+		},
+		{
+			name:    "IPv6 caller outside an IPv6 prefix",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  "[2001:db9::1]:443",
+			trusted: []string{"2001:db8::/32"},
+			want:    http.Header{"X-Forwarded-For": {"2001:db9::1"}},
+		},
+		{
+			name:    "IPv4-mapped caller in an IPv4 prefix",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  "[::ffff:10.1.2.3]:4000",
+			trusted: []string{"10.0.0.0/8"},
+			want:    http.Header{"X-Forwarded-For": {"198.51.100.1, ::ffff:10.1.2.3"}},
+		},
+		{
+			name:    "IPv4-mapped caller outside the prefixes",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  "[::ffff:203.0.113.9]:4000",
+			trusted: []string{"10.0.0.0/8"},
+			want:    http.Header{"X-Forwarded-For": {"::ffff:203.0.113.9"}},
+		},
+		{
+			name:    "caller address without port",
+			in:      http.Header{"X-Forwarded-For": {"198.51.100.1"}},
+			remote:  "@",
+			trusted: []string{"10.0.0.0/8"},
+			want:    http.Header{},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.in.Clone()
+			forwardHeaders(h, tc.remote, mustTrust(t, tc.trusted...))
+			if !reflect.DeepEqual(h, tc.want) {
+				t.Fatalf("forwardHeaders(%v) =\n%v\nwant\n%v", tc.in, h, tc.want)
+			}
+		})
+	}
+}
+
+func TestNewTrustedProxies(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		list    []string
+		want    []netip.Prefix // nil: trusts none
+		wantErr bool
+	}{
+		{name: "none", list: nil},
+		{name: "empty", list: []string{}},
+		{name: "cidrs", list: []string{"10.0.0.0/8", "2001:db8::/32"},
+			want: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")}},
+		{name: "cidr with host bits masked", list: []string{"10.1.2.3/8"}, want: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		{name: "bare addresses", list: []string{"192.0.2.7", "2001:db8::1"},
+			want: []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::1/128")}},
+		{name: "garbage", list: []string{"10.0.0.0/8", "proxy.internal"}, wantErr: true},
+		{name: "prefix too long", list: []string{"10.0.0.0/33"}, wantErr: true},
+		{name: "empty entry", list: []string{""}, wantErr: true},
+		{name: "address with port", list: []string{"10.0.0.1:80"}, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := newTrustedProxies(tc.list)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("newTrustedProxies(%q) = %v, want an error", tc.list, got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("newTrustedProxies(%q): %v", tc.list, err)
+			}
+			if tc.want == nil {
+				if got != nil {
+					t.Fatalf("newTrustedProxies(%q) = %v, want nil (trusts none)", tc.list, got.prefixes)
+				}
+				return
+			}
+			if got == nil || !reflect.DeepEqual(got.prefixes, tc.want) {
+				t.Fatalf("newTrustedProxies(%q) = %v, want prefixes %v", tc.list, got, tc.want)
+			}
+		})
+	}
+}
