@@ -7,7 +7,6 @@ import (
 	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
-
 func TestSettingsRejectOutOfRangeValues(t *testing.T) {
 	s := userservice.DefaultSettings()
 	s.TokenTTL = 0
