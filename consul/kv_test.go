@@ -526,10 +526,12 @@ type seedUser struct {
 	config.Process  `yaml:",inline"`
 	TokenTTL        time.Duration `yaml:"token_ttl"`
 	PasswordHashing struct {
-		Time      uint32 `yaml:"time"`
-		MemoryKiB uint32 `yaml:"memory_kib"`
-		Threads   uint8  `yaml:"threads"`
-	} `yaml:"password_hashing" keel:"static"`
+		Time          uint32        `yaml:"time" keel:"static"`
+		MemoryKiB     uint32        `yaml:"memory_kib" keel:"static"`
+		Threads       uint8         `yaml:"threads" keel:"static"`
+		MaxConcurrent int           `yaml:"max_concurrent"`
+		MaxWait       time.Duration `yaml:"max_wait"`
+	} `yaml:"password_hashing"`
 	Database struct {
 		Driver  string `yaml:"driver"`
 		DataDir string `yaml:"data_dir"`
@@ -539,6 +541,7 @@ type seedUser struct {
 type seedEdge struct {
 	config.Process `yaml:",inline"`
 	AllowedOrigins []string `yaml:"allowed_origins"`
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // TestPushedKVReadsLikeTheFiles pushes every environment's seed files and
