@@ -383,7 +383,7 @@ func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
 	p.logger.LogAttrs(ctx, slog.LevelInfo, "call",
 		slog.String("procedure", r.URL.Path),
 		slog.String("protocol", protocolOf(r)),
-		slog.String("service", service),
+		slog.String("upstream", service),
 		slog.String("code", server.CodeLabel(code)),
 		slog.Duration("duration", time.Since(x.start)),
 		slog.String("instance", x.report.Instance),

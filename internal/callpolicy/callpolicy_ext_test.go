@@ -535,3 +535,96 @@ func TestMetricsNameTheUpstreamInstances(t *testing.T) {
 		t.Error("keel_client_retry_budget_exhausted_total is not registered")
 	}
 }
+
+// TestHedgedReadGoesToAnotherInstance: with hedging on for a read-only
+// method, a call whose first instance is slow is answered by a second
+// attempt to another instance after the hedge delay; with it off (the
+// default), the caller waits for the slow one.
+func TestHedgedReadGoesToAnotherInstance(t *testing.T) {
+	t.Parallel()
+	const slowness = 300 * time.Millisecond
+	for _, hedged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hedged=%v", hedged), func(t *testing.T) {
+			t.Parallel()
+			slow, fast := startInstance(t), startInstance(t)
+			slow.delay.Store(int64(slowness))
+			ctx := context.Background()
+			registry := discovery.NewStatic()
+			_ = registry.Register(ctx, discovery.Instance{ID: "slow", Service: "user", Addr: slow.addr})
+			calls := config.DefaultCalls()
+			if hedged {
+				calls.Hedge = map[string]time.Duration{"shop.user.v1.UserService.GetUser": 20 * time.Millisecond}
+			}
+			peers, err := client.New(registry, client.Options{Calls: &calls})
+			if err != nil {
+				t.Fatal(err)
+			}
+			users := client.Connect(peers, "user", userv1connect.NewUserServiceClient)
+			if err := getUser(ctx, users); err != nil {
+				t.Fatal(err)
+			}
+			// A new instance warms in slowly, so the next call's first
+			// attempt still goes to the slow one.
+			_ = registry.Register(ctx, discovery.Instance{ID: "fast", Service: "user", Addr: fast.addr})
+			began := time.Now()
+			res, err := users.GetUser(ctx, connect.NewRequest(&userv1.GetUserRequest{Id: userID}))
+			took := time.Since(began)
+			if err != nil {
+				t.Fatal(err)
+			}
+			by := res.Msg.GetUser().GetDisplayName()
+			switch {
+			case hedged && (by != fast.addr || took >= slowness):
+				t.Fatalf("answered by %s after %v; want the other instance, before the slow one's %v", by, took, slowness)
+			case !hedged && (by != slow.addr || took < slowness || fast.calls.Load() != 0):
+				t.Fatalf("answered by %s after %v, %d calls to the other: hedging is off by default", by, took, fast.calls.Load())
+			}
+		})
+	}
+}
+
+// TestSettingsApplyToTheNextCall: call settings change while the process
+// runs, as configuration reloads do: turning retries off takes effect at
+// once.
+func TestSettingsApplyToTheNextCall(t *testing.T) {
+	t.Parallel()
+	failing, live := startInstance(t), startInstance(t)
+	failing.mode.Store(unavailable)
+	registry := discovery.NewStatic()
+	ctx := context.Background()
+	for id, addr := range map[string]string{"a": failing.addr, "b": live.addr} {
+		_ = registry.Register(ctx, discovery.Instance{ID: id, Service: "user", Addr: addr})
+	}
+	calls := config.DefaultCalls()
+	calls.Breaker.Failures, calls.Breaker.Window = 1000, 1000 // keep the failing one in rotation
+	peers, err := client.New(registry, client.Options{Calls: &calls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := client.Connect(peers, "user", userv1connect.NewUserServiceClient)
+	countFailures := func() (failed int) {
+		var wg sync.WaitGroup
+		var n atomic.Int64
+		for range 4 {
+			wg.Go(func() {
+				for range 25 {
+					if getUser(ctx, users) != nil {
+						n.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return int(n.Load())
+	}
+	if failed := countFailures(); failed != 0 {
+		t.Fatalf("%d calls failed with retries on", failed)
+	}
+	calls.Retry.MaxAttempts = 1
+	peers.SetSettings(calls)
+	before := failing.calls.Load()
+	failed := countFailures()
+	if failing.calls.Load() > before && failed == 0 {
+		t.Fatalf("retries still on after max_attempts became 1: the failing instance got %d calls, none failed", failing.calls.Load()-before)
+	}
+}

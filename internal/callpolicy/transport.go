@@ -338,6 +338,12 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 	tried := c.tried
 	c.mu.Unlock()
 	ep, err := c.u.balancer.pick(tried)
+	if err != nil && exec.IsHedge() {
+		// No instance left to hedge to: this hedge gives no answer, and
+		// the attempts under way give theirs.
+		<-exec.Canceled()
+		return nil, exec.Context().Err()
+	}
 	if err != nil {
 		c.mu.Lock()
 		last := c.last

@@ -66,11 +66,12 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 		"KEEL_DATABASE_DATA_DIR":      t.TempDir(),
 		"KEEL_SERVER_ADDR":            "127.0.0.1:0",
 	}
+	logs := &testkit.Buffer{}
 	opts := boot.Options{
 		Env:       config.EnvTest,
 		ConfigDir: "../../../consul/kv",
 		Backend:   boot.Static{Discovery: discovery.NewStatic()},
-		Log:       &testkit.Buffer{},
+		Log:       logs,
 		LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -139,5 +140,16 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 	}
 	if got := strings.Join(chain, " <- "); !strings.HasPrefix(got, "user") || !strings.Contains(got, "storefront") || !strings.HasSuffix(got, "edge") {
 		t.Fatalf("span chain from the user service up: %s; want user <- storefront ... <- edge", got)
+	}
+
+	// The edge's access log line of the call carries its trace and span.
+	var accessLine string
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, `"service":"edge"`) && strings.Contains(line, `"msg":"call"`) && strings.Contains(line, "GetProductPage") {
+			accessLine = line
+		}
+	}
+	if !strings.Contains(accessLine, `"trace_id":"`+parts[1]+`"`) || !strings.Contains(accessLine, `"span_id":"`+parts[2]+`"`) || !strings.Contains(accessLine, `"instance":"`) {
+		t.Fatalf("edge access log line without the call's trace, span or instance: %q", accessLine)
 	}
 }
