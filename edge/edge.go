@@ -166,10 +166,20 @@ func (e *Edge) SetShedding(s config.Shedding) { e.server.SetShedding(s) }
 // deadline of calls that carry none); the transport has its own.
 func (e *Edge) SetCalls(c config.Calls) { e.proxy.calls.Store(&c) }
 
+// varyOrigin is the Vary header of answers to requests without an
+// Origin: what CORS would add, shared since nothing changes it.
+var varyOrigin = []string{"Origin"}
+
 // withCORS answers preflights and adds CORS headers with the allowed
-// origins in effect.
+// origins in effect. A request without an Origin header is no browser's
+// cross-origin call: it only gets the Vary header caches need.
 func (e *Edge) withCORS(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.Header["Origin"]; !ok {
+			w.Header()["Vary"] = varyOrigin
+			next.ServeHTTP(w, r)
+			return
+		}
 		e.cors.Load().ServeHTTP(w, r, next.ServeHTTP)
 	})
 }

@@ -110,14 +110,21 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // unaryBody is a pooled, buffered unary request body.
 type unaryBody struct {
-	buf bytes.Buffer
-	r   bytes.Reader
+	buf     bytes.Buffer
+	r       bytes.Reader
+	limited io.LimitedReader
+	// getBody replays the body for a retry, from a reader of its own.
+	getBody func() (io.ReadCloser, error)
 }
 
 func (b *unaryBody) Read(p []byte) (int, error) { return b.r.Read(p) }
 func (b *unaryBody) Close() error               { return nil }
 
-var unaryBodies = sync.Pool{New: func() any { return new(unaryBody) }}
+var unaryBodies = sync.Pool{New: func() any {
+	ub := new(unaryBody)
+	ub.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(ub.buf.Bytes())), nil }
+	return ub
+}}
 
 // forwardUnary forwards a call with a single request message: the body
 // is read in full (so the call can be sent again), and the transport reads
@@ -142,7 +149,9 @@ func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http
 		if deadline, ok := ctx.Deadline(); ok {
 			_ = http.NewResponseController(w).SetReadDeadline(deadline)
 		}
-		_, err := ub.buf.ReadFrom(io.LimitReader(r.Body, p.maxRequest+6))
+		ub.limited = io.LimitedReader{R: r.Body, N: p.maxRequest + 6}
+		_, err := ub.buf.ReadFrom(&ub.limited)
+		ub.limited.R = nil
 		switch {
 		case err != nil && ctx.Err() != nil:
 			p.fail(w, r, x, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded while reading the request")))
@@ -169,7 +178,7 @@ func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http
 	out.RequestURI = ""
 	out.Body = ub
 	out.ContentLength = int64(ub.buf.Len())
-	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(ub.buf.Bytes())), nil }
+	out.GetBody = ub.getBody
 
 	res, err := p.transport.RoundTrip(out)
 	if err != nil {
@@ -184,7 +193,9 @@ func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http
 		return
 	}
 	length := int64(len(body.Bytes()))
-	if len(res.Trailer) > 0 {
+	if len(res.Trailer) > 0 || length < smallBody {
+		// Small answers get their Content-Length from the server itself,
+		// which sees the whole body before it sends anything.
 		length = -1
 	}
 	writeHeader(w, res, length)
@@ -192,6 +203,11 @@ func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http
 	writeTrailer(w, res)
 	p.finish(r, x, rpcstatus.Of(res, body.Bytes()))
 }
+
+// smallBody is the size under which net/http's server sets a response's
+// Content-Length itself, having buffered all of it when the handler
+// returns.
+const smallBody = 2048
 
 // tooLarge is the answer to a request message over the limit.
 func tooLarge(limit int64) error {

@@ -369,7 +369,12 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 		ctx, cancel = context.WithTimeout(ctx, at)
 		defer cancel()
 	}
-	out := c.req.WithContext(ctx)
+	out := c.req
+	if ctx != c.req.Context() || c.hedging || exec.Attempts() > 1 {
+		// Attempts after the first, and concurrent ones, get a request of
+		// their own; the first goes as it came.
+		out = c.req.WithContext(ctx)
+	}
 	switch {
 	case c.hedging:
 		out.Header = c.req.Header.Clone()
@@ -610,9 +615,10 @@ func setTimeout(h http.Header, ctx context.Context) bool {
 // Body is a unary response read in full. Close returns its buffer to a
 // pool: the bytes must not be used after.
 type Body struct {
-	buf  *bytes.Buffer
-	r    bytes.Reader
-	rest io.ReadCloser // the unread rest of a response too large to hold
+	buf     *bytes.Buffer
+	r       bytes.Reader
+	rest    io.ReadCloser // the unread rest of a response too large to hold
+	limited io.LimitedReader
 }
 
 var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -626,14 +632,16 @@ func readBody(res *http.Response) (*Body, error) {
 	if res.ContentLength > 0 && res.ContentLength <= maxUnary {
 		buf.Grow(int(res.ContentLength))
 	}
-	_, err := buf.ReadFrom(io.LimitReader(res.Body, maxUnary+1))
+	b := &Body{buf: buf, limited: io.LimitedReader{R: res.Body, N: maxUnary + 1}}
+	_, err := buf.ReadFrom(&b.limited)
+	b.limited.R = nil
 	if err != nil {
 		res.Body.Close()
 		buffers.Put(buf)
 		return nil, err
 	}
 	if buf.Len() > maxUnary {
-		b := &Body{buf: buf, rest: res.Body}
+		b.rest = res.Body
 		b.r.Reset(buf.Bytes())
 		return b, errTooLarge
 	}
@@ -641,7 +649,6 @@ func readBody(res *http.Response) (*Body, error) {
 		buffers.Put(buf)
 		return nil, err
 	}
-	b := &Body{buf: buf}
 	b.r.Reset(buf.Bytes())
 	return b, nil
 }

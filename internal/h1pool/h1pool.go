@@ -219,13 +219,22 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	// One deadline for the whole exchange, set once: connection deadlines
+	// are timers, and each change costs.
 	deadline, hasDeadline := ctx.Deadline()
-	if hasDeadline {
-		_ = c.nc.SetWriteDeadline(deadline)
-	} else {
-		_ = c.nc.SetWriteDeadline(time.Time{})
+	readDeadline := deadline
+	if t := p.opts.ResponseHeaderTimeout; t > 0 {
+		if d := time.Now().Add(t); !hasDeadline || d.Before(readDeadline) {
+			readDeadline = d
+		}
 	}
+	_ = c.nc.SetWriteDeadline(deadline)
+	_ = c.nc.SetReadDeadline(readDeadline)
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(aLongTimeAgo) })
+	if ctx.Err() != nil {
+		// Cancelled before the hook was in place to see it.
+		_ = c.nc.SetDeadline(aLongTimeAgo)
+	}
 
 	sent := time.Now()
 	if err := c.writeRequest(req); err != nil {
@@ -242,18 +251,6 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("write request to %s: %w", p.addr, err)
 	}
 
-	readDeadline := deadline
-	if t := p.opts.ResponseHeaderTimeout; t > 0 {
-		if d := time.Now().Add(t); !hasDeadline || d.Before(readDeadline) {
-			readDeadline = d
-		}
-	}
-	_ = c.nc.SetReadDeadline(readDeadline)
-	if ctx.Err() != nil {
-		// Cancelled after the hook poisoned the deadline and before the
-		// line above replaced it: poison it again.
-		_ = c.nc.SetDeadline(aLongTimeAgo)
-	}
 	res, err := http.ReadResponse(c.br, req)
 	if err != nil {
 		stop()
@@ -268,7 +265,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, fmt.Errorf("read response from %s: %w", p.addr, err)
 	}
-	if readDeadline != deadline {
+	if !readDeadline.Equal(deadline) {
 		_ = c.nc.SetReadDeadline(deadline)
 		if ctx.Err() != nil {
 			_ = c.nc.SetDeadline(aLongTimeAgo)
@@ -408,7 +405,7 @@ func (b *body) Close() error {
 	// stop fails when the context already ended and poisoned the
 	// connection's deadline: such a connection is not reused.
 	if b.stop() && b.keep && b.eof && !b.err {
-		_ = b.c.nc.SetDeadline(time.Time{})
+		// The next exchange sets its own deadlines.
 		b.c.pool.put(b.c)
 		return nil
 	}
