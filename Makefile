@@ -31,8 +31,15 @@ lint: third-party ## buf lint, buf format check, gofmt and go vet.
 	go vet $(GO_PACKAGES)
 
 .PHONY: breaking
-breaking: third-party ## Fail if proto/ breaks the last accepted contracts (BASE_REF to override).
+breaking: third-party ## Fail if proto/ breaks the accepted contracts (proto/ACCEPTED; BASE_REF to override).
 	./scripts/breaking.sh
+
+.PHONY: accept-contracts
+accept-contracts: ## Accept the contracts of the last commit as the baseline (a deliberate, reviewed step).
+	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
+		echo "commit the contracts first: only a commit can be accepted"; exit 1; fi
+	git rev-parse HEAD > proto/ACCEPTED
+	@echo "proto/ACCEPTED now names $$(cat proto/ACCEPTED); commit it, saying why the contracts may change this way"
 
 .PHONY: checkgenerate
 checkgenerate: generate ## Regenerate and fail if anything generated differs from what is committed.

@@ -44,23 +44,45 @@ func TestBreakingGate(t *testing.T) {
 	}
 	git(t, repo, "checkout", "--", "proto")
 
-	t.Run("on main the previous commit is the baseline", func(t *testing.T) {
-		edit(t, filepath.Join(repo, userProto), "rpc GetUser(GetUserRequest)", "rpc FetchUser(GetUserRequest)")
-		git(t, repo, "commit", "-qam", "rename GetUser")
-		defer git(t, repo, "reset", "-q", "--hard", "HEAD~1")
-		out, err := runGate(repo)
-		assertBreak(t, out, err, `Previously present RPC "GetUser" on service "UserService" was deleted`)
-	})
-	t.Run("on a branch the merge-base with main is the baseline", func(t *testing.T) {
-		git(t, repo, "checkout", "-q", "-b", "feature")
-		defer git(t, repo, "checkout", "-q", "main")
+	t.Run("a break in an earlier commit of a push fails", func(t *testing.T) {
+		// Two commits after the accepted contracts: the first breaks, the
+		// second is harmless. Comparing with the previous commit alone
+		// would miss the break.
+		defer git(t, repo, "reset", "-q", "--hard", "main")
 		edit(t, filepath.Join(repo, userProto), "  string display_name = 3;\n  // create_time", "  int64 display_name = 3;\n  // create_time")
 		git(t, repo, "commit", "-qam", "change display_name's type")
-		// A later, harmless commit must not hide the break made earlier on the branch.
 		edit(t, filepath.Join(repo, userProto), "  google.protobuf.Timestamp update_time = 5;\n}", "  google.protobuf.Timestamp update_time = 5;\n  // locale of the user.\n  string locale = 6;\n}")
 		git(t, repo, "commit", "-qam", "add locale")
 		out, err := runGate(repo)
 		assertBreak(t, out, err, `changed type from "string" to "int64"`)
+	})
+	t.Run("accepting moves the baseline", func(t *testing.T) {
+		defer git(t, repo, "reset", "-q", "--hard", "main")
+		edit(t, filepath.Join(repo, userProto), "rpc GetUser(GetUserRequest)", "rpc FetchUser(GetUserRequest)")
+		git(t, repo, "commit", "-qam", "rename GetUser")
+		out, err := runGate(repo)
+		assertBreak(t, out, err, `Previously present RPC "GetUser" on service "UserService" was deleted`)
+		// The deliberate step: accept the commit, then the gate passes.
+		cmd := exec.Command("make", "--no-print-directory", "accept-contracts")
+		cmd.Dir = repo
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("make accept-contracts: %v\n%s", err, out)
+		}
+		git(t, repo, "commit", "-qam", "accept the rename")
+		if out, err := runGate(repo); err != nil {
+			t.Fatalf("gate failed against the contracts just accepted: %v\n%s", err, out)
+		}
+	})
+	t.Run("no accepted contracts is an error", func(t *testing.T) {
+		defer git(t, repo, "reset", "-q", "--hard", "main")
+		if err := os.Remove(filepath.Join(repo, "proto", "ACCEPTED")); err != nil {
+			t.Fatal(err)
+		}
+		git(t, repo, "commit", "-qam", "forget the baseline")
+		out, err := runGate(repo)
+		if err == nil || !strings.Contains(out, "names no accepted contracts") {
+			t.Fatalf("gate without a baseline: %v\n%s", err, out)
+		}
 	})
 }
 
@@ -73,7 +95,7 @@ func scratchRepo(t *testing.T) string {
 		t.Fatal(err)
 	}
 	repo := t.TempDir()
-	for _, path := range []string{"go.mod", "go.sum", "proto", "scripts", "buf.yaml", "tools/go.mod", "tools/go.sum", "tools/package.json", "tools/package-lock.json"} {
+	for _, path := range []string{"go.mod", "go.sum", "proto", "scripts", "buf.yaml", "Makefile", "tools/go.mod", "tools/go.sum", "tools/package.json", "tools/package-lock.json"} {
 		cmd := exec.Command("cp", "-r", filepath.Join(root, path), filepath.Join(repo, filepath.Dir(path))+"/")
 		if err := os.MkdirAll(filepath.Join(repo, filepath.Dir(path)), 0o755); err != nil {
 			t.Fatal(err)
@@ -92,6 +114,12 @@ func scratchRepo(t *testing.T) string {
 	git(t, repo, "init", "-q", "-b", "main")
 	git(t, repo, "add", "-A")
 	git(t, repo, "commit", "-qm", "contracts")
+	// Accept these contracts, as the repository's own proto/ACCEPTED does.
+	head := strings.TrimSpace(gitOutput(t, repo, "rev-parse", "HEAD"))
+	if err := os.WriteFile(filepath.Join(repo, "proto", "ACCEPTED"), []byte(head+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	git(t, repo, "commit", "-qam", "accept the contracts")
 	return repo
 }
 
@@ -122,6 +150,17 @@ func git(t *testing.T, dir string, args ...string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("git %v: %v\n%s", args, err, out)
 	}
+}
+
+func gitOutput(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("git %v: %v", args, err)
+	}
+	return string(out)
 }
 
 func edit(t *testing.T, path, from, to string) {

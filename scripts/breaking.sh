@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Fails when the contracts under proto/ break the last accepted contracts.
-# The baseline is BASE_REF when set; otherwise, on main, the previous commit
-# of main, and on any other branch, its merge-base with main. The baseline is
-# checked out into a temporary worktree, its third-party imports are
-# materialized by scripts/third-party.sh, and buf compares the workspace with
-# that checkout, so no schema registry is needed.
+#
+# The accepted contracts are the commit named in proto/ACCEPTED. Only a
+# deliberate step moves it (`make accept-contracts`, reviewed like any
+# change), so a break cannot slip through because a later commit of the
+# same push compared only with its predecessor. BASE_REF=<ref> compares
+# with another commit instead. The baseline is checked out into a
+# temporary worktree, its third-party imports are materialized by
+# scripts/third-party.sh, and buf compares the workspace with that
+# checkout, so no schema registry is needed. The checkout must hold the
+# accepted commit (a clone with its history, not a shallow one).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,18 +17,19 @@ cd "$root"
 buf=(go tool -modfile="$root/tools/go.mod" buf)
 
 base="${BASE_REF:-}"
+origin="BASE_REF"
 if [ -z "$base" ]; then
-	branch="$(git rev-parse --abbrev-ref HEAD)"
-	if [ "$branch" != "main" ] && git rev-parse --verify -q main >/dev/null; then
-		base="$(git merge-base HEAD main)"
-	elif git rev-parse --verify -q HEAD~1 >/dev/null; then
-		base="HEAD~1"
-	else
-		echo "breaking: no earlier commit to compare against; nothing to check"
-		exit 0
+	if [ ! -s proto/ACCEPTED ]; then
+		echo "breaking: proto/ACCEPTED names no accepted contracts; run 'make accept-contracts' once" >&2
+		exit 1
 	fi
+	base="$(tr -d '[:space:]' <proto/ACCEPTED)"
+	origin="proto/ACCEPTED"
 fi
-base_sha="$(git rev-parse --verify "$base^{commit}")"
+if ! base_sha="$(git rev-parse --verify -q "$base^{commit}")"; then
+	echo "breaking: $origin names $base, which this clone does not have (fetch the full history)" >&2
+	exit 1
+fi
 
 tmp="$(mktemp -d)"
 cleanup() {
@@ -41,8 +47,8 @@ fi
 
 ./scripts/third-party.sh
 if "${buf[@]}" breaking --against "$tmp/base"; then
-	echo "breaking: no breaking changes against $base (${base_sha:0:12})"
+	echo "breaking: no breaking changes against the accepted contracts ($origin: ${base_sha:0:12})"
 else
-	echo "breaking: contracts break $base (${base_sha:0:12}); add a new version (v2) instead" >&2
+	echo "breaking: contracts break the accepted contracts ($origin: ${base_sha:0:12}); add a new version (v2) instead" >&2
 	exit 1
 fi

@@ -373,7 +373,10 @@ type CreateItemRequest struct {
 	// price of one unit.
 	Price *v1.Money `protobuf:"bytes,4,opt,name=price,proto3" json:"price,omitempty"`
 	// initial_stock is the starting quantity.
-	InitialStock  int64 `protobuf:"varint,5,opt,name=initial_stock,json=initialStock,proto3" json:"initial_stock,omitempty"`
+	InitialStock int64 `protobuf:"varint,5,opt,name=initial_stock,json=initialStock,proto3" json:"initial_stock,omitempty"`
+	// request_id makes the call safe to retry: a second call with the same id
+	// returns the first one's item; 8 to 128 characters.
+	RequestId     string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -441,6 +444,13 @@ func (x *CreateItemRequest) GetInitialStock() int64 {
 		return x.InitialStock
 	}
 	return 0
+}
+
+func (x *CreateItemRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // CreateItemResponse carries the new item.
@@ -697,7 +707,10 @@ type RestockItemRequest struct {
 	// sku of the item.
 	Sku string `protobuf:"bytes,1,opt,name=sku,proto3" json:"sku,omitempty"`
 	// quantity to add, at least 1.
-	Quantity      int64 `protobuf:"varint,2,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	Quantity int64 `protobuf:"varint,2,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	// request_id makes the call safe to retry: a second call with the same id
+	// adds nothing more; 8 to 128 characters.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -744,6 +757,13 @@ func (x *RestockItemRequest) GetQuantity() int64 {
 		return x.Quantity
 	}
 	return 0
+}
+
+func (x *RestockItemRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // RestockItemResponse carries the item after the change.
@@ -1102,14 +1122,17 @@ const file_shop_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x11InsufficientStock\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
 	"\trequested\x18\x02 \x01(\x03R\trequested\x12\x1c\n" +
-	"\tavailable\x18\x03 \x01(\x03R\tavailable\"\xf1\x01\n" +
+	"\tavailable\x18\x03 \x01(\x03R\tavailable\"\x9c\x02\n" +
 	"\x11CreateItemRequest\x12.\n" +
 	"\x03sku\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x03sku\x12\x1e\n" +
 	"\x04name\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\xc8\x01R\x04name\x12*\n" +
 	"\vdescription\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\xa0\x1fR\vdescription\x122\n" +
 	"\x05price\x18\x04 \x01(\v2\x14.shop.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x05price\x12,\n" +
-	"\rinitial_stock\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\finitialStock\"A\n" +
+	"\rinitial_stock\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\finitialStock\x12)\n" +
+	"\n" +
+	"request_id\x18\x06 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\b\x18\x80\x01R\trequestId\"A\n" +
 	"\x12CreateItemResponse\x12+\n" +
 	"\x04item\x18\x01 \x01(\v2\x17.shop.inventory.v1.ItemR\x04item\"-\n" +
 	"\x0eGetItemRequest\x12\x1b\n" +
@@ -1123,10 +1146,13 @@ const file_shop_inventory_v1_inventory_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"j\n" +
 	"\x11ListItemsResponse\x12-\n" +
 	"\x05items\x18\x01 \x03(\v2\x17.shop.inventory.v1.ItemR\x05items\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"V\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x81\x01\n" +
 	"\x12RestockItemRequest\x12\x1b\n" +
 	"\x03sku\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\x03sku\x12#\n" +
-	"\bquantity\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\bquantity\"B\n" +
+	"\bquantity\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\bquantity\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\b\x18\x80\x01R\trequestId\"B\n" +
 	"\x13RestockItemResponse\x12+\n" +
 	"\x04item\x18\x01 \x01(\v2\x17.shop.inventory.v1.ItemR\x04item\"\x88\x01\n" +
 	"\x13ReserveStockRequest\x121\n" +
@@ -1150,13 +1176,13 @@ const file_shop_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RESERVATION_STATE_HELD\x10\x01\x12\x1f\n" +
 	"\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n" +
-	"\x1aRESERVATION_STATE_RELEASED\x10\x032\xc5\a\n" +
-	"\x10InventoryService\x12o\n" +
+	"\x1aRESERVATION_STATE_RELEASED\x10\x032\xcb\a\n" +
+	"\x10InventoryService\x12r\n" +
 	"\n" +
-	"CreateItem\x12$.shop.inventory.v1.CreateItemRequest\x1a%.shop.inventory.v1.CreateItemResponse\"\x14\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/items\x12r\n" +
+	"CreateItem\x12$.shop.inventory.v1.CreateItemRequest\x1a%.shop.inventory.v1.CreateItemResponse\"\x17\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/items\x90\x02\x02\x12r\n" +
 	"\aGetItem\x12!.shop.inventory.v1.GetItemRequest\x1a\".shop.inventory.v1.GetItemResponse\" \xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/items/{sku}\x90\x02\x01\x12r\n" +
-	"\tListItems\x12#.shop.inventory.v1.ListItemsRequest\x1a$.shop.inventory.v1.ListItemsResponse\"\x1a\xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\v\x12\t/v1/items\x90\x02\x01\x12\x80\x01\n" +
-	"\vRestockItem\x12%.shop.inventory.v1.RestockItemRequest\x1a&.shop.inventory.v1.RestockItemResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/items/{sku}:restock\x12\x7f\n" +
+	"\tListItems\x12#.shop.inventory.v1.ListItemsRequest\x1a$.shop.inventory.v1.ListItemsResponse\"\x1a\xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\v\x12\t/v1/items\x90\x02\x01\x12\x83\x01\n" +
+	"\vRestockItem\x12%.shop.inventory.v1.RestockItemRequest\x1a&.shop.inventory.v1.RestockItemResponse\"%\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/items/{sku}:restock\x90\x02\x02\x12\x7f\n" +
 	"\fReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a'.shop.inventory.v1.ReserveStockResponse\"\x1e\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/reservations\x90\x02\x02\x12\xa6\x01\n" +
 	"\x11CommitReservation\x12+.shop.inventory.v1.CommitReservationRequest\x1a,.shop.inventory.v1.CommitReservationResponse\"6\x82\xd3\xe4\x93\x02-:\x01*\"(/v1/reservations/{reservation_id}:commit\x90\x02\x02\x12\xaa\x01\n" +
 	"\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a-.shop.inventory.v1.ReleaseReservationResponse\"7\x82\xd3\xe4\x93\x02.:\x01*\")/v1/reservations/{reservation_id}:release\x90\x02\x02B\xd0\x01\n" +

@@ -39,8 +39,12 @@ const (
 	OrderStatus_ORDER_STATUS_PENDING OrderStatus = 1
 	// ORDER_STATUS_CONFIRMED means stock is committed and payment captured.
 	OrderStatus_ORDER_STATUS_CONFIRMED OrderStatus = 2
-	// ORDER_STATUS_FAILED means the saga failed and was compensated.
+	// ORDER_STATUS_FAILED is no longer used: a compensated order is
+	// CANCELLED.
 	OrderStatus_ORDER_STATUS_FAILED OrderStatus = 3
+	// ORDER_STATUS_CANCELLED means the saga could not complete and was
+	// compensated: nothing is reserved or charged; failure_reason says why.
+	OrderStatus_ORDER_STATUS_CANCELLED OrderStatus = 4
 )
 
 // Enum value maps for OrderStatus.
@@ -50,12 +54,14 @@ var (
 		1: "ORDER_STATUS_PENDING",
 		2: "ORDER_STATUS_CONFIRMED",
 		3: "ORDER_STATUS_FAILED",
+		4: "ORDER_STATUS_CANCELLED",
 	}
 	OrderStatus_value = map[string]int32{
 		"ORDER_STATUS_UNSPECIFIED": 0,
 		"ORDER_STATUS_PENDING":     1,
 		"ORDER_STATUS_CONFIRMED":   2,
 		"ORDER_STATUS_FAILED":      3,
+		"ORDER_STATUS_CANCELLED":   4,
 	}
 )
 
@@ -86,6 +92,70 @@ func (OrderStatus) EnumDescriptor() ([]byte, []int) {
 	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{0}
 }
 
+// StatusChange is one step in an order's history.
+type StatusChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status the order moved to.
+	Status OrderStatus `protobuf:"varint,1,opt,name=status,proto3,enum=shop.order.v1.OrderStatus" json:"status,omitempty"`
+	// time of the change.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// reason of the change, when there is one (a cancellation's cause).
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusChange) Reset() {
+	*x = StatusChange{}
+	mi := &file_shop_order_v1_order_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusChange) ProtoMessage() {}
+
+func (x *StatusChange) ProtoReflect() protoreflect.Message {
+	mi := &file_shop_order_v1_order_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusChange.ProtoReflect.Descriptor instead.
+func (*StatusChange) Descriptor() ([]byte, []int) {
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *StatusChange) GetStatus() OrderStatus {
+	if x != nil {
+		return x.Status
+	}
+	return OrderStatus_ORDER_STATUS_UNSPECIFIED
+}
+
+func (x *StatusChange) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *StatusChange) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // OrderLine is a quantity of one item in an order.
 type OrderLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -93,7 +163,8 @@ type OrderLine struct {
 	Sku string `protobuf:"bytes,1,opt,name=sku,proto3" json:"sku,omitempty"`
 	// quantity is at least 1.
 	Quantity int64 `protobuf:"varint,2,opt,name=quantity,proto3" json:"quantity,omitempty"`
-	// unit_price at the time the order was placed; set by the server.
+	// unit_price at the time the order was placed; set by the server from
+	// the catalogue, whatever the caller sends.
 	UnitPrice     *v1.Money `protobuf:"bytes,3,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -101,7 +172,7 @@ type OrderLine struct {
 
 func (x *OrderLine) Reset() {
 	*x = OrderLine{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[0]
+	mi := &file_shop_order_v1_order_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +184,7 @@ func (x *OrderLine) String() string {
 func (*OrderLine) ProtoMessage() {}
 
 func (x *OrderLine) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[0]
+	mi := &file_shop_order_v1_order_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +197,7 @@ func (x *OrderLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderLine.ProtoReflect.Descriptor instead.
 func (*OrderLine) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{0}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *OrderLine) GetSku() string {
@@ -165,19 +236,21 @@ type Order struct {
 	Status OrderStatus `protobuf:"varint,5,opt,name=status,proto3,enum=shop.order.v1.OrderStatus" json:"status,omitempty"`
 	// payment_id of the charge, once captured.
 	PaymentId string `protobuf:"bytes,6,opt,name=payment_id,json=paymentId,proto3" json:"payment_id,omitempty"`
-	// failure_reason says why a FAILED order failed.
+	// failure_reason says why a CANCELLED order was cancelled.
 	FailureReason string `protobuf:"bytes,7,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
 	// create_time is when the order was placed.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// update_time is when the status last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// history of the order's status, oldest first.
+	History       []*StatusChange `protobuf:"bytes,10,rep,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Order) Reset() {
 	*x = Order{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[1]
+	mi := &file_shop_order_v1_order_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +262,7 @@ func (x *Order) String() string {
 func (*Order) ProtoMessage() {}
 
 func (x *Order) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[1]
+	mi := &file_shop_order_v1_order_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,7 +275,7 @@ func (x *Order) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Order.ProtoReflect.Descriptor instead.
 func (*Order) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{1}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Order) GetOrderId() string {
@@ -268,6 +341,13 @@ func (x *Order) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Order) GetHistory() []*StatusChange {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
 // PlaceOrderRequest places an order.
 type PlaceOrderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -283,7 +363,7 @@ type PlaceOrderRequest struct {
 
 func (x *PlaceOrderRequest) Reset() {
 	*x = PlaceOrderRequest{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[2]
+	mi := &file_shop_order_v1_order_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +375,7 @@ func (x *PlaceOrderRequest) String() string {
 func (*PlaceOrderRequest) ProtoMessage() {}
 
 func (x *PlaceOrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[2]
+	mi := &file_shop_order_v1_order_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +388,7 @@ func (x *PlaceOrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceOrderRequest.ProtoReflect.Descriptor instead.
 func (*PlaceOrderRequest) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{2}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PlaceOrderRequest) GetIdempotencyKey() string {
@@ -343,7 +423,7 @@ type PlaceOrderResponse struct {
 
 func (x *PlaceOrderResponse) Reset() {
 	*x = PlaceOrderResponse{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[3]
+	mi := &file_shop_order_v1_order_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +435,7 @@ func (x *PlaceOrderResponse) String() string {
 func (*PlaceOrderResponse) ProtoMessage() {}
 
 func (x *PlaceOrderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[3]
+	mi := &file_shop_order_v1_order_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +448,7 @@ func (x *PlaceOrderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceOrderResponse.ProtoReflect.Descriptor instead.
 func (*PlaceOrderResponse) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{3}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PlaceOrderResponse) GetOrder() *Order {
@@ -389,7 +469,7 @@ type GetOrderRequest struct {
 
 func (x *GetOrderRequest) Reset() {
 	*x = GetOrderRequest{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[4]
+	mi := &file_shop_order_v1_order_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +481,7 @@ func (x *GetOrderRequest) String() string {
 func (*GetOrderRequest) ProtoMessage() {}
 
 func (x *GetOrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[4]
+	mi := &file_shop_order_v1_order_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +494,7 @@ func (x *GetOrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOrderRequest.ProtoReflect.Descriptor instead.
 func (*GetOrderRequest) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{4}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetOrderRequest) GetOrderId() string {
@@ -435,7 +515,7 @@ type GetOrderResponse struct {
 
 func (x *GetOrderResponse) Reset() {
 	*x = GetOrderResponse{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[5]
+	mi := &file_shop_order_v1_order_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +527,7 @@ func (x *GetOrderResponse) String() string {
 func (*GetOrderResponse) ProtoMessage() {}
 
 func (x *GetOrderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[5]
+	mi := &file_shop_order_v1_order_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +540,7 @@ func (x *GetOrderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOrderResponse.ProtoReflect.Descriptor instead.
 func (*GetOrderResponse) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{5}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetOrderResponse) GetOrder() *Order {
@@ -485,7 +565,7 @@ type ListOrdersRequest struct {
 
 func (x *ListOrdersRequest) Reset() {
 	*x = ListOrdersRequest{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[6]
+	mi := &file_shop_order_v1_order_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +577,7 @@ func (x *ListOrdersRequest) String() string {
 func (*ListOrdersRequest) ProtoMessage() {}
 
 func (x *ListOrdersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[6]
+	mi := &file_shop_order_v1_order_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +590,7 @@ func (x *ListOrdersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrdersRequest.ProtoReflect.Descriptor instead.
 func (*ListOrdersRequest) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{6}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListOrdersRequest) GetUserId() string {
@@ -547,7 +627,7 @@ type ListOrdersResponse struct {
 
 func (x *ListOrdersResponse) Reset() {
 	*x = ListOrdersResponse{}
-	mi := &file_shop_order_v1_order_proto_msgTypes[7]
+	mi := &file_shop_order_v1_order_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +639,7 @@ func (x *ListOrdersResponse) String() string {
 func (*ListOrdersResponse) ProtoMessage() {}
 
 func (x *ListOrdersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_order_v1_order_proto_msgTypes[7]
+	mi := &file_shop_order_v1_order_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +652,7 @@ func (x *ListOrdersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrdersResponse.ProtoReflect.Descriptor instead.
 func (*ListOrdersResponse) Descriptor() ([]byte, []int) {
-	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{7}
+	return file_shop_order_v1_order_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListOrdersResponse) GetOrders() []*Order {
@@ -593,13 +673,17 @@ var File_shop_order_v1_order_proto protoreflect.FileDescriptor
 
 const file_shop_order_v1_order_proto_rawDesc = "" +
 	"\n" +
-	"\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkeel/options/v1/options.proto\x1a\x19shop/money/v1/money.proto\"\x85\x01\n" +
+	"\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkeel/options/v1/options.proto\x1a\x19shop/money/v1/money.proto\"\x8a\x01\n" +
+	"\fStatusChange\x122\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1a.shop.order.v1.OrderStatusR\x06status\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x85\x01\n" +
 	"\tOrderLine\x12\x1b\n" +
 	"\x03sku\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\x03sku\x12&\n" +
 	"\bquantity\x18\x02 \x01(\x03B\n" +
 	"\xbaH\a\"\x05\x18\x90N \x00R\bquantity\x123\n" +
 	"\n" +
-	"unit_price\x18\x03 \x01(\v2\x14.shop.money.v1.MoneyR\tunitPrice\"\x8b\x03\n" +
+	"unit_price\x18\x03 \x01(\v2\x14.shop.money.v1.MoneyR\tunitPrice\"\xc2\x03\n" +
 	"\x05Order\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12.\n" +
@@ -612,7 +696,9 @@ const file_shop_order_v1_order_proto_rawDesc = "" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xa7\x01\n" +
+	"updateTime\x125\n" +
+	"\ahistory\x18\n" +
+	" \x03(\v2\x1b.shop.order.v1.StatusChangeR\ahistory\"\xa7\x01\n" +
 	"\x11PlaceOrderRequest\x123\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\b\x18\x80\x01R\x0eidempotencyKey\x12!\n" +
@@ -634,12 +720,13 @@ const file_shop_order_v1_order_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"j\n" +
 	"\x12ListOrdersResponse\x12,\n" +
 	"\x06orders\x18\x01 \x03(\v2\x14.shop.order.v1.OrderR\x06orders\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*z\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x96\x01\n" +
 	"\vOrderStatus\x12\x1c\n" +
 	"\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n" +
 	"\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x17\n" +
-	"\x13ORDER_STATUS_FAILED\x10\x032\xc8\x03\n" +
+	"\x13ORDER_STATUS_FAILED\x10\x03\x12\x1a\n" +
+	"\x16ORDER_STATUS_CANCELLED\x10\x042\xc8\x03\n" +
 	"\fOrderService\x12k\n" +
 	"\n" +
 	"PlaceOrder\x12 .shop.order.v1.PlaceOrderRequest\x1a!.shop.order.v1.PlaceOrderResponse\"\x18\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
@@ -666,42 +753,46 @@ func file_shop_order_v1_order_proto_rawDescGZIP() []byte {
 }
 
 var file_shop_order_v1_order_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shop_order_v1_order_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_shop_order_v1_order_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_shop_order_v1_order_proto_goTypes = []any{
 	(OrderStatus)(0),              // 0: shop.order.v1.OrderStatus
-	(*OrderLine)(nil),             // 1: shop.order.v1.OrderLine
-	(*Order)(nil),                 // 2: shop.order.v1.Order
-	(*PlaceOrderRequest)(nil),     // 3: shop.order.v1.PlaceOrderRequest
-	(*PlaceOrderResponse)(nil),    // 4: shop.order.v1.PlaceOrderResponse
-	(*GetOrderRequest)(nil),       // 5: shop.order.v1.GetOrderRequest
-	(*GetOrderResponse)(nil),      // 6: shop.order.v1.GetOrderResponse
-	(*ListOrdersRequest)(nil),     // 7: shop.order.v1.ListOrdersRequest
-	(*ListOrdersResponse)(nil),    // 8: shop.order.v1.ListOrdersResponse
-	(*v1.Money)(nil),              // 9: shop.money.v1.Money
+	(*StatusChange)(nil),          // 1: shop.order.v1.StatusChange
+	(*OrderLine)(nil),             // 2: shop.order.v1.OrderLine
+	(*Order)(nil),                 // 3: shop.order.v1.Order
+	(*PlaceOrderRequest)(nil),     // 4: shop.order.v1.PlaceOrderRequest
+	(*PlaceOrderResponse)(nil),    // 5: shop.order.v1.PlaceOrderResponse
+	(*GetOrderRequest)(nil),       // 6: shop.order.v1.GetOrderRequest
+	(*GetOrderResponse)(nil),      // 7: shop.order.v1.GetOrderResponse
+	(*ListOrdersRequest)(nil),     // 8: shop.order.v1.ListOrdersRequest
+	(*ListOrdersResponse)(nil),    // 9: shop.order.v1.ListOrdersResponse
 	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*v1.Money)(nil),              // 11: shop.money.v1.Money
 }
 var file_shop_order_v1_order_proto_depIdxs = []int32{
-	9,  // 0: shop.order.v1.OrderLine.unit_price:type_name -> shop.money.v1.Money
-	1,  // 1: shop.order.v1.Order.lines:type_name -> shop.order.v1.OrderLine
-	9,  // 2: shop.order.v1.Order.total:type_name -> shop.money.v1.Money
-	0,  // 3: shop.order.v1.Order.status:type_name -> shop.order.v1.OrderStatus
-	10, // 4: shop.order.v1.Order.create_time:type_name -> google.protobuf.Timestamp
-	10, // 5: shop.order.v1.Order.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 6: shop.order.v1.PlaceOrderRequest.lines:type_name -> shop.order.v1.OrderLine
-	2,  // 7: shop.order.v1.PlaceOrderResponse.order:type_name -> shop.order.v1.Order
-	2,  // 8: shop.order.v1.GetOrderResponse.order:type_name -> shop.order.v1.Order
-	2,  // 9: shop.order.v1.ListOrdersResponse.orders:type_name -> shop.order.v1.Order
-	3,  // 10: shop.order.v1.OrderService.PlaceOrder:input_type -> shop.order.v1.PlaceOrderRequest
-	5,  // 11: shop.order.v1.OrderService.GetOrder:input_type -> shop.order.v1.GetOrderRequest
-	7,  // 12: shop.order.v1.OrderService.ListOrders:input_type -> shop.order.v1.ListOrdersRequest
-	4,  // 13: shop.order.v1.OrderService.PlaceOrder:output_type -> shop.order.v1.PlaceOrderResponse
-	6,  // 14: shop.order.v1.OrderService.GetOrder:output_type -> shop.order.v1.GetOrderResponse
-	8,  // 15: shop.order.v1.OrderService.ListOrders:output_type -> shop.order.v1.ListOrdersResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	0,  // 0: shop.order.v1.StatusChange.status:type_name -> shop.order.v1.OrderStatus
+	10, // 1: shop.order.v1.StatusChange.time:type_name -> google.protobuf.Timestamp
+	11, // 2: shop.order.v1.OrderLine.unit_price:type_name -> shop.money.v1.Money
+	2,  // 3: shop.order.v1.Order.lines:type_name -> shop.order.v1.OrderLine
+	11, // 4: shop.order.v1.Order.total:type_name -> shop.money.v1.Money
+	0,  // 5: shop.order.v1.Order.status:type_name -> shop.order.v1.OrderStatus
+	10, // 6: shop.order.v1.Order.create_time:type_name -> google.protobuf.Timestamp
+	10, // 7: shop.order.v1.Order.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 8: shop.order.v1.Order.history:type_name -> shop.order.v1.StatusChange
+	2,  // 9: shop.order.v1.PlaceOrderRequest.lines:type_name -> shop.order.v1.OrderLine
+	3,  // 10: shop.order.v1.PlaceOrderResponse.order:type_name -> shop.order.v1.Order
+	3,  // 11: shop.order.v1.GetOrderResponse.order:type_name -> shop.order.v1.Order
+	3,  // 12: shop.order.v1.ListOrdersResponse.orders:type_name -> shop.order.v1.Order
+	4,  // 13: shop.order.v1.OrderService.PlaceOrder:input_type -> shop.order.v1.PlaceOrderRequest
+	6,  // 14: shop.order.v1.OrderService.GetOrder:input_type -> shop.order.v1.GetOrderRequest
+	8,  // 15: shop.order.v1.OrderService.ListOrders:input_type -> shop.order.v1.ListOrdersRequest
+	5,  // 16: shop.order.v1.OrderService.PlaceOrder:output_type -> shop.order.v1.PlaceOrderResponse
+	7,  // 17: shop.order.v1.OrderService.GetOrder:output_type -> shop.order.v1.GetOrderResponse
+	9,  // 18: shop.order.v1.OrderService.ListOrders:output_type -> shop.order.v1.ListOrdersResponse
+	16, // [16:19] is the sub-list for method output_type
+	13, // [13:16] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_shop_order_v1_order_proto_init() }
@@ -715,7 +806,7 @@ func file_shop_order_v1_order_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shop_order_v1_order_proto_rawDesc), len(file_shop_order_v1_order_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -101,7 +101,9 @@ type Payment struct {
 	// status of the payment.
 	Status PaymentStatus `protobuf:"varint,6,opt,name=status,proto3,enum=shop.payment.v1.PaymentStatus" json:"status,omitempty"`
 	// create_time is when the charge was captured.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// refunds given back from this payment, oldest first.
+	Refunds       []*Refund `protobuf:"bytes,8,rep,name=refunds,proto3" json:"refunds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -185,6 +187,86 @@ func (x *Payment) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Payment) GetRefunds() []*Refund {
+	if x != nil {
+		return x.Refunds
+	}
+	return nil
+}
+
+// Refund is money given back from a payment.
+type Refund struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// refund_id is the refund's identifier.
+	RefundId string `protobuf:"bytes,1,opt,name=refund_id,json=refundId,proto3" json:"refund_id,omitempty"`
+	// amount given back.
+	Amount *v1.Money `protobuf:"bytes,2,opt,name=amount,proto3" json:"amount,omitempty"`
+	// reason recorded with the refund.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// create_time is when the refund was made.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Refund) Reset() {
+	*x = Refund{}
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Refund) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Refund) ProtoMessage() {}
+
+func (x *Refund) ProtoReflect() protoreflect.Message {
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Refund.ProtoReflect.Descriptor instead.
+func (*Refund) Descriptor() ([]byte, []int) {
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Refund) GetRefundId() string {
+	if x != nil {
+		return x.RefundId
+	}
+	return ""
+}
+
+func (x *Refund) GetAmount() *v1.Money {
+	if x != nil {
+		return x.Amount
+	}
+	return nil
+}
+
+func (x *Refund) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Refund) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 // PaymentDeclined is the error detail of a declined charge.
 type PaymentDeclined struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -196,7 +278,7 @@ type PaymentDeclined struct {
 
 func (x *PaymentDeclined) Reset() {
 	*x = PaymentDeclined{}
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[1]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +290,7 @@ func (x *PaymentDeclined) String() string {
 func (*PaymentDeclined) ProtoMessage() {}
 
 func (x *PaymentDeclined) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[1]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +303,7 @@ func (x *PaymentDeclined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentDeclined.ProtoReflect.Descriptor instead.
 func (*PaymentDeclined) Descriptor() ([]byte, []int) {
-	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{1}
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PaymentDeclined) GetReason() string {
@@ -248,7 +330,7 @@ type ChargeRequest struct {
 
 func (x *ChargeRequest) Reset() {
 	*x = ChargeRequest{}
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[2]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +342,7 @@ func (x *ChargeRequest) String() string {
 func (*ChargeRequest) ProtoMessage() {}
 
 func (x *ChargeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[2]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +355,7 @@ func (x *ChargeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChargeRequest.ProtoReflect.Descriptor instead.
 func (*ChargeRequest) Descriptor() ([]byte, []int) {
-	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{2}
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ChargeRequest) GetIdempotencyKey() string {
@@ -315,7 +397,7 @@ type ChargeResponse struct {
 
 func (x *ChargeResponse) Reset() {
 	*x = ChargeResponse{}
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[3]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +409,7 @@ func (x *ChargeResponse) String() string {
 func (*ChargeResponse) ProtoMessage() {}
 
 func (x *ChargeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[3]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +422,7 @@ func (x *ChargeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChargeResponse.ProtoReflect.Descriptor instead.
 func (*ChargeResponse) Descriptor() ([]byte, []int) {
-	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{3}
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ChargeResponse) GetPayment() *Payment {
@@ -357,7 +439,8 @@ type RefundRequest struct {
 	IdempotencyKey string `protobuf:"bytes,1,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// payment_id to refund.
 	PaymentId string `protobuf:"bytes,2,opt,name=payment_id,json=paymentId,proto3" json:"payment_id,omitempty"`
-	// amount to give back; unset refunds everything left.
+	// amount to give back, in the charge's currency and at most what is left
+	// to refund; unset refunds everything left.
 	Amount *v1.Money `protobuf:"bytes,3,opt,name=amount,proto3" json:"amount,omitempty"`
 	// reason is kept in the ledger.
 	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -367,7 +450,7 @@ type RefundRequest struct {
 
 func (x *RefundRequest) Reset() {
 	*x = RefundRequest{}
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[4]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +462,7 @@ func (x *RefundRequest) String() string {
 func (*RefundRequest) ProtoMessage() {}
 
 func (x *RefundRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[4]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +475,7 @@ func (x *RefundRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefundRequest.ProtoReflect.Descriptor instead.
 func (*RefundRequest) Descriptor() ([]byte, []int) {
-	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{4}
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RefundRequest) GetIdempotencyKey() string {
@@ -434,7 +517,7 @@ type RefundResponse struct {
 
 func (x *RefundResponse) Reset() {
 	*x = RefundResponse{}
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[5]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +529,7 @@ func (x *RefundResponse) String() string {
 func (*RefundResponse) ProtoMessage() {}
 
 func (x *RefundResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[5]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +542,7 @@ func (x *RefundResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefundResponse.ProtoReflect.Descriptor instead.
 func (*RefundResponse) Descriptor() ([]byte, []int) {
-	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{5}
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RefundResponse) GetPayment() *Payment {
@@ -480,7 +563,7 @@ type GetPaymentRequest struct {
 
 func (x *GetPaymentRequest) Reset() {
 	*x = GetPaymentRequest{}
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[6]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +575,7 @@ func (x *GetPaymentRequest) String() string {
 func (*GetPaymentRequest) ProtoMessage() {}
 
 func (x *GetPaymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[6]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +588,7 @@ func (x *GetPaymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPaymentRequest.ProtoReflect.Descriptor instead.
 func (*GetPaymentRequest) Descriptor() ([]byte, []int) {
-	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{6}
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetPaymentRequest) GetPaymentId() string {
@@ -526,7 +609,7 @@ type GetPaymentResponse struct {
 
 func (x *GetPaymentResponse) Reset() {
 	*x = GetPaymentResponse{}
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[7]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +621,7 @@ func (x *GetPaymentResponse) String() string {
 func (*GetPaymentResponse) ProtoMessage() {}
 
 func (x *GetPaymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shop_payment_v1_payment_proto_msgTypes[7]
+	mi := &file_shop_payment_v1_payment_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +634,7 @@ func (x *GetPaymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPaymentResponse.ProtoReflect.Descriptor instead.
 func (*GetPaymentResponse) Descriptor() ([]byte, []int) {
-	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{7}
+	return file_shop_payment_v1_payment_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPaymentResponse) GetPayment() *Payment {
@@ -565,7 +648,7 @@ var File_shop_payment_v1_payment_proto protoreflect.FileDescriptor
 
 const file_shop_payment_v1_payment_proto_rawDesc = "" +
 	"\n" +
-	"\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\xb1\x02\n" +
+	"\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\xe4\x02\n" +
 	"\aPayment\x12\x1d\n" +
 	"\n" +
 	"payment_id\x18\x01 \x01(\tR\tpaymentId\x12\x19\n" +
@@ -575,16 +658,24 @@ const file_shop_payment_v1_payment_proto_rawDesc = "" +
 	"\brefunded\x18\x05 \x01(\v2\x14.shop.money.v1.MoneyR\brefunded\x126\n" +
 	"\x06status\x18\x06 \x01(\x0e2\x1e.shop.payment.v1.PaymentStatusR\x06status\x12;\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x121\n" +
+	"\arefunds\x18\b \x03(\v2\x17.shop.payment.v1.RefundR\arefunds\"\xa8\x01\n" +
+	"\x06Refund\x12\x1b\n" +
+	"\trefund_id\x18\x01 \x01(\tR\brefundId\x12,\n" +
+	"\x06amount\x18\x02 \x01(\v2\x14.shop.money.v1.MoneyR\x06amount\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12;\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\")\n" +
 	"\x0fPaymentDeclined\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xc4\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x96\x02\n" +
 	"\rChargeRequest\x123\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\b\x18\x80\x01R\x0eidempotencyKey\x12%\n" +
 	"\border_id\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12!\n" +
-	"\auser_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06userId\x124\n" +
-	"\x06amount\x18\x04 \x01(\v2\x14.shop.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x06amount\"D\n" +
+	"\auser_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06userId\x12\x85\x01\n" +
+	"\x06amount\x18\x04 \x01(\v2\x14.shop.money.v1.MoneyBW\xbaHT\xba\x01N\n" +
+	"\x16charge.amount.positive\x12\x1damount must be more than zero\x1a\x15this.amount_minor > 0\xc8\x01\x01R\x06amount\"D\n" +
 	"\x0eChargeResponse\x122\n" +
 	"\apayment\x18\x01 \x01(\v2\x18.shop.payment.v1.PaymentR\apayment\"\xbf\x01\n" +
 	"\rRefundRequest\x123\n" +
@@ -628,41 +719,45 @@ func file_shop_payment_v1_payment_proto_rawDescGZIP() []byte {
 }
 
 var file_shop_payment_v1_payment_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shop_payment_v1_payment_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_shop_payment_v1_payment_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_shop_payment_v1_payment_proto_goTypes = []any{
 	(PaymentStatus)(0),            // 0: shop.payment.v1.PaymentStatus
 	(*Payment)(nil),               // 1: shop.payment.v1.Payment
-	(*PaymentDeclined)(nil),       // 2: shop.payment.v1.PaymentDeclined
-	(*ChargeRequest)(nil),         // 3: shop.payment.v1.ChargeRequest
-	(*ChargeResponse)(nil),        // 4: shop.payment.v1.ChargeResponse
-	(*RefundRequest)(nil),         // 5: shop.payment.v1.RefundRequest
-	(*RefundResponse)(nil),        // 6: shop.payment.v1.RefundResponse
-	(*GetPaymentRequest)(nil),     // 7: shop.payment.v1.GetPaymentRequest
-	(*GetPaymentResponse)(nil),    // 8: shop.payment.v1.GetPaymentResponse
-	(*v1.Money)(nil),              // 9: shop.money.v1.Money
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*Refund)(nil),                // 2: shop.payment.v1.Refund
+	(*PaymentDeclined)(nil),       // 3: shop.payment.v1.PaymentDeclined
+	(*ChargeRequest)(nil),         // 4: shop.payment.v1.ChargeRequest
+	(*ChargeResponse)(nil),        // 5: shop.payment.v1.ChargeResponse
+	(*RefundRequest)(nil),         // 6: shop.payment.v1.RefundRequest
+	(*RefundResponse)(nil),        // 7: shop.payment.v1.RefundResponse
+	(*GetPaymentRequest)(nil),     // 8: shop.payment.v1.GetPaymentRequest
+	(*GetPaymentResponse)(nil),    // 9: shop.payment.v1.GetPaymentResponse
+	(*v1.Money)(nil),              // 10: shop.money.v1.Money
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_shop_payment_v1_payment_proto_depIdxs = []int32{
-	9,  // 0: shop.payment.v1.Payment.amount:type_name -> shop.money.v1.Money
-	9,  // 1: shop.payment.v1.Payment.refunded:type_name -> shop.money.v1.Money
+	10, // 0: shop.payment.v1.Payment.amount:type_name -> shop.money.v1.Money
+	10, // 1: shop.payment.v1.Payment.refunded:type_name -> shop.money.v1.Money
 	0,  // 2: shop.payment.v1.Payment.status:type_name -> shop.payment.v1.PaymentStatus
-	10, // 3: shop.payment.v1.Payment.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 4: shop.payment.v1.ChargeRequest.amount:type_name -> shop.money.v1.Money
-	1,  // 5: shop.payment.v1.ChargeResponse.payment:type_name -> shop.payment.v1.Payment
-	9,  // 6: shop.payment.v1.RefundRequest.amount:type_name -> shop.money.v1.Money
-	1,  // 7: shop.payment.v1.RefundResponse.payment:type_name -> shop.payment.v1.Payment
-	1,  // 8: shop.payment.v1.GetPaymentResponse.payment:type_name -> shop.payment.v1.Payment
-	3,  // 9: shop.payment.v1.PaymentService.Charge:input_type -> shop.payment.v1.ChargeRequest
-	5,  // 10: shop.payment.v1.PaymentService.Refund:input_type -> shop.payment.v1.RefundRequest
-	7,  // 11: shop.payment.v1.PaymentService.GetPayment:input_type -> shop.payment.v1.GetPaymentRequest
-	4,  // 12: shop.payment.v1.PaymentService.Charge:output_type -> shop.payment.v1.ChargeResponse
-	6,  // 13: shop.payment.v1.PaymentService.Refund:output_type -> shop.payment.v1.RefundResponse
-	8,  // 14: shop.payment.v1.PaymentService.GetPayment:output_type -> shop.payment.v1.GetPaymentResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	11, // 3: shop.payment.v1.Payment.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 4: shop.payment.v1.Payment.refunds:type_name -> shop.payment.v1.Refund
+	10, // 5: shop.payment.v1.Refund.amount:type_name -> shop.money.v1.Money
+	11, // 6: shop.payment.v1.Refund.create_time:type_name -> google.protobuf.Timestamp
+	10, // 7: shop.payment.v1.ChargeRequest.amount:type_name -> shop.money.v1.Money
+	1,  // 8: shop.payment.v1.ChargeResponse.payment:type_name -> shop.payment.v1.Payment
+	10, // 9: shop.payment.v1.RefundRequest.amount:type_name -> shop.money.v1.Money
+	1,  // 10: shop.payment.v1.RefundResponse.payment:type_name -> shop.payment.v1.Payment
+	1,  // 11: shop.payment.v1.GetPaymentResponse.payment:type_name -> shop.payment.v1.Payment
+	4,  // 12: shop.payment.v1.PaymentService.Charge:input_type -> shop.payment.v1.ChargeRequest
+	6,  // 13: shop.payment.v1.PaymentService.Refund:input_type -> shop.payment.v1.RefundRequest
+	8,  // 14: shop.payment.v1.PaymentService.GetPayment:input_type -> shop.payment.v1.GetPaymentRequest
+	5,  // 15: shop.payment.v1.PaymentService.Charge:output_type -> shop.payment.v1.ChargeResponse
+	7,  // 16: shop.payment.v1.PaymentService.Refund:output_type -> shop.payment.v1.RefundResponse
+	9,  // 17: shop.payment.v1.PaymentService.GetPayment:output_type -> shop.payment.v1.GetPaymentResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_shop_payment_v1_payment_proto_init() }
@@ -676,7 +771,7 @@ func file_shop_payment_v1_payment_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shop_payment_v1_payment_proto_rawDesc), len(file_shop_payment_v1_payment_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

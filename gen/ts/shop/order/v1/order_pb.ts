@@ -20,7 +20,42 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/order/v1/order.proto.
  */
 export const file_shop_order_v1_order: GenFile = /*@__PURE__*/
-  fileDesc("ChlzaG9wL29yZGVyL3YxL29yZGVyLnByb3RvEg1zaG9wLm9yZGVyLnYxImsKCU9yZGVyTGluZRIWCgNza3UYASABKAlCCbpIBnIEEAEYQBIcCghxdWFudGl0eRgCIAEoA0IKukgHIgUYkE4gABIoCgp1bml0X3ByaWNlGAMgASgLMhQuc2hvcC5tb25leS52MS5Nb25leSKyAgoFT3JkZXISEAoIb3JkZXJfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRInCgVsaW5lcxgDIAMoCzIYLnNob3Aub3JkZXIudjEuT3JkZXJMaW5lEiMKBXRvdGFsGAQgASgLMhQuc2hvcC5tb25leS52MS5Nb25leRIqCgZzdGF0dXMYBSABKA4yGi5zaG9wLm9yZGVyLnYxLk9yZGVyU3RhdHVzEhIKCnBheW1lbnRfaWQYBiABKAkSFgoOZmFpbHVyZV9yZWFzb24YByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKIAQoRUGxhY2VPcmRlclJlcXVlc3QSIwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJQgq6SAdyBRAIGIABEhkKB3VzZXJfaWQYAiABKAlCCLpIBXIDsAEBEjMKBWxpbmVzGAMgAygLMhguc2hvcC5vcmRlci52MS5PcmRlckxpbmVCCrpIB5IBBAgBEGQiOQoSUGxhY2VPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciIvCg9HZXRPcmRlclJlcXVlc3QSHAoIb3JkZXJfaWQYASABKAlCCrpIB3IFEAEYgAEiNwoQR2V0T3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIiawoRTGlzdE9yZGVyc1JlcXVlc3QSGQoHdXNlcl9pZBgBIAEoCUIIukgFcgOwAQESHQoJcGFnZV9zaXplGAIgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAEIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSp6CgtPcmRlclN0YXR1cxIcChhPUkRFUl9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRPUkRFUl9TVEFUVVNfUEVORElORxABEhoKFk9SREVSX1NUQVRVU19DT05GSVJNRUQQAhIXChNPUkRFUl9TVEFUVVNfRkFJTEVEEAMyyAMKDE9yZGVyU2VydmljZRJrCgpQbGFjZU9yZGVyEiAuc2hvcC5vcmRlci52MS5QbGFjZU9yZGVyUmVxdWVzdBohLnNob3Aub3JkZXIudjEuUGxhY2VPcmRlclJlc3BvbnNlIhiQAgKC0+STAg86ASoiCi92MS9vcmRlcnMSbQoIR2V0T3JkZXISHi5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVxdWVzdBofLnNob3Aub3JkZXIudjEuR2V0T3JkZXJSZXNwb25zZSIgkAIBgtPkkwIXEhUvdjEvb3JkZXJzL3tvcmRlcl9pZH0SeAoKTGlzdE9yZGVycxIgLnNob3Aub3JkZXIudjEuTGlzdE9yZGVyc1JlcXVlc3QaIS5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZSIlkAIBgtPkkwIcEhovdjEvdXNlcnMve3VzZXJfaWR9L29yZGVycxpiwvMYXgoic2hvcC5pbnZlbnRvcnkudjEuSW52ZW50b3J5U2VydmljZQoec2hvcC5wYXltZW50LnYxLlBheW1lbnRTZXJ2aWNlChhzaG9wLnVzZXIudjEuVXNlclNlcnZpY2VCsAEKEWNvbS5zaG9wLm9yZGVyLnYxQgpPcmRlclByb3RvUAFaOWdpdGh1Yi5jb20va2VlbHBsYXRmb3JtL2tlZWwvZ2VuL2dvL3Nob3Avb3JkZXIvdjE7b3JkZXJ2MaICA1NPWKoCDVNob3AuT3JkZXIuVjHKAg1TaG9wXE9yZGVyXFYx4gIZU2hvcFxPcmRlclxWMVxHUEJNZXRhZGF0YeoCD1Nob3A6Ok9yZGVyOjpWMWIGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_keel_options_v1_options, file_shop_money_v1_money]);
+  fileDesc("ChlzaG9wL29yZGVyL3YxL29yZGVyLnByb3RvEg1zaG9wLm9yZGVyLnYxInQKDFN0YXR1c0NoYW5nZRIqCgZzdGF0dXMYASABKA4yGi5zaG9wLm9yZGVyLnYxLk9yZGVyU3RhdHVzEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgDIAEoCSJrCglPcmRlckxpbmUSFgoDc2t1GAEgASgJQgm6SAZyBBABGEASHAoIcXVhbnRpdHkYAiABKANCCrpIByIFGJBOIAASKAoKdW5pdF9wcmljZRgDIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXki4AIKBU9yZGVyEhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSJwoFbGluZXMYAyADKAsyGC5zaG9wLm9yZGVyLnYxLk9yZGVyTGluZRIjCgV0b3RhbBgEIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXkSKgoGc3RhdHVzGAUgASgOMhouc2hvcC5vcmRlci52MS5PcmRlclN0YXR1cxISCgpwYXltZW50X2lkGAYgASgJEhYKDmZhaWx1cmVfcmVhc29uGAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoHaGlzdG9yeRgKIAMoCzIbLnNob3Aub3JkZXIudjEuU3RhdHVzQ2hhbmdlIogBChFQbGFjZU9yZGVyUmVxdWVzdBIjCg9pZGVtcG90ZW5jeV9rZXkYASABKAlCCrpIB3IFEAgYgAESGQoHdXNlcl9pZBgCIAEoCUIIukgFcgOwAQESMwoFbGluZXMYAyADKAsyGC5zaG9wLm9yZGVyLnYxLk9yZGVyTGluZUIKukgHkgEECAEQZCI5ChJQbGFjZU9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIi8KD0dldE9yZGVyUmVxdWVzdBIcCghvcmRlcl9pZBgBIAEoCUIKukgHcgUQARiAASI3ChBHZXRPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciJrChFMaXN0T3JkZXJzUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgi6SAVyA7ABARIdCglwYWdlX3NpemUYAiABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAQiUwoSTGlzdE9yZGVyc1Jlc3BvbnNlEiQKBm9yZGVycxgBIAMoCzIULnNob3Aub3JkZXIudjEuT3JkZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKpYBCgtPcmRlclN0YXR1cxIcChhPUkRFUl9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRPUkRFUl9TVEFUVVNfUEVORElORxABEhoKFk9SREVSX1NUQVRVU19DT05GSVJNRUQQAhIXChNPUkRFUl9TVEFUVVNfRkFJTEVEEAMSGgoWT1JERVJfU1RBVFVTX0NBTkNFTExFRBAEMsgDCgxPcmRlclNlcnZpY2USawoKUGxhY2VPcmRlchIgLnNob3Aub3JkZXIudjEuUGxhY2VPcmRlclJlcXVlc3QaIS5zaG9wLm9yZGVyLnYxLlBsYWNlT3JkZXJSZXNwb25zZSIYkAICgtPkkwIPOgEqIgovdjEvb3JkZXJzEm0KCEdldE9yZGVyEh4uc2hvcC5vcmRlci52MS5HZXRPcmRlclJlcXVlc3QaHy5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVzcG9uc2UiIJACAYLT5JMCFxIVL3YxL29yZGVycy97b3JkZXJfaWR9EngKCkxpc3RPcmRlcnMSIC5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXF1ZXN0GiEuc2hvcC5vcmRlci52MS5MaXN0T3JkZXJzUmVzcG9uc2UiJZACAYLT5JMCHBIaL3YxL3VzZXJzL3t1c2VyX2lkfS9vcmRlcnMaYsLzGF4KInNob3AuaW52ZW50b3J5LnYxLkludmVudG9yeVNlcnZpY2UKHnNob3AucGF5bWVudC52MS5QYXltZW50U2VydmljZQoYc2hvcC51c2VyLnYxLlVzZXJTZXJ2aWNlQrABChFjb20uc2hvcC5vcmRlci52MUIKT3JkZXJQcm90b1ABWjlnaXRodWIuY29tL2tlZWxwbGF0Zm9ybS9rZWVsL2dlbi9nby9zaG9wL29yZGVyL3YxO29yZGVydjGiAgNTT1iqAg1TaG9wLk9yZGVyLlYxygINU2hvcFxPcmRlclxWMeICGVNob3BcT3JkZXJcVjFcR1BCTWV0YWRhdGHqAg9TaG9wOjpPcmRlcjo6VjFiBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_keel_options_v1_options, file_shop_money_v1_money]);
+
+/**
+ * StatusChange is one step in an order's history.
+ *
+ * @generated from message shop.order.v1.StatusChange
+ */
+export type StatusChange = Message<"shop.order.v1.StatusChange"> & {
+  /**
+   * status the order moved to.
+   *
+   * @generated from field: shop.order.v1.OrderStatus status = 1;
+   */
+  status: OrderStatus;
+
+  /**
+   * time of the change.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * reason of the change, when there is one (a cancellation's cause).
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message shop.order.v1.StatusChange.
+ * Use `create(StatusChangeSchema)` to create a new message.
+ */
+export const StatusChangeSchema: GenMessage<StatusChange> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order, 0);
 
 /**
  * OrderLine is a quantity of one item in an order.
@@ -43,7 +78,8 @@ export type OrderLine = Message<"shop.order.v1.OrderLine"> & {
   quantity: bigint;
 
   /**
-   * unit_price at the time the order was placed; set by the server.
+   * unit_price at the time the order was placed; set by the server from
+   * the catalogue, whatever the caller sends.
    *
    * @generated from field: shop.money.v1.Money unit_price = 3;
    */
@@ -55,7 +91,7 @@ export type OrderLine = Message<"shop.order.v1.OrderLine"> & {
  * Use `create(OrderLineSchema)` to create a new message.
  */
 export const OrderLineSchema: GenMessage<OrderLine> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 0);
+  messageDesc(file_shop_order_v1_order, 1);
 
 /**
  * Order is a user's order.
@@ -106,7 +142,7 @@ export type Order = Message<"shop.order.v1.Order"> & {
   paymentId: string;
 
   /**
-   * failure_reason says why a FAILED order failed.
+   * failure_reason says why a CANCELLED order was cancelled.
    *
    * @generated from field: string failure_reason = 7;
    */
@@ -125,6 +161,13 @@ export type Order = Message<"shop.order.v1.Order"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 9;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * history of the order's status, oldest first.
+   *
+   * @generated from field: repeated shop.order.v1.StatusChange history = 10;
+   */
+  history: StatusChange[];
 };
 
 /**
@@ -132,7 +175,7 @@ export type Order = Message<"shop.order.v1.Order"> & {
  * Use `create(OrderSchema)` to create a new message.
  */
 export const OrderSchema: GenMessage<Order> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 1);
+  messageDesc(file_shop_order_v1_order, 2);
 
 /**
  * PlaceOrderRequest places an order.
@@ -167,7 +210,7 @@ export type PlaceOrderRequest = Message<"shop.order.v1.PlaceOrderRequest"> & {
  * Use `create(PlaceOrderRequestSchema)` to create a new message.
  */
 export const PlaceOrderRequestSchema: GenMessage<PlaceOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 2);
+  messageDesc(file_shop_order_v1_order, 3);
 
 /**
  * PlaceOrderResponse carries the order.
@@ -188,7 +231,7 @@ export type PlaceOrderResponse = Message<"shop.order.v1.PlaceOrderResponse"> & {
  * Use `create(PlaceOrderResponseSchema)` to create a new message.
  */
 export const PlaceOrderResponseSchema: GenMessage<PlaceOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 3);
+  messageDesc(file_shop_order_v1_order, 4);
 
 /**
  * GetOrderRequest names one order.
@@ -209,7 +252,7 @@ export type GetOrderRequest = Message<"shop.order.v1.GetOrderRequest"> & {
  * Use `create(GetOrderRequestSchema)` to create a new message.
  */
 export const GetOrderRequestSchema: GenMessage<GetOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 4);
+  messageDesc(file_shop_order_v1_order, 5);
 
 /**
  * GetOrderResponse carries the order.
@@ -230,7 +273,7 @@ export type GetOrderResponse = Message<"shop.order.v1.GetOrderResponse"> & {
  * Use `create(GetOrderResponseSchema)` to create a new message.
  */
 export const GetOrderResponseSchema: GenMessage<GetOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 5);
+  messageDesc(file_shop_order_v1_order, 6);
 
 /**
  * ListOrdersRequest asks for one page of a user's orders.
@@ -265,7 +308,7 @@ export type ListOrdersRequest = Message<"shop.order.v1.ListOrdersRequest"> & {
  * Use `create(ListOrdersRequestSchema)` to create a new message.
  */
 export const ListOrdersRequestSchema: GenMessage<ListOrdersRequest> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 6);
+  messageDesc(file_shop_order_v1_order, 7);
 
 /**
  * ListOrdersResponse is one page of orders.
@@ -293,7 +336,7 @@ export type ListOrdersResponse = Message<"shop.order.v1.ListOrdersResponse"> & {
  * Use `create(ListOrdersResponseSchema)` to create a new message.
  */
 export const ListOrdersResponseSchema: GenMessage<ListOrdersResponse> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 7);
+  messageDesc(file_shop_order_v1_order, 8);
 
 /**
  * OrderStatus is where an order is in its life.
@@ -323,11 +366,20 @@ export enum OrderStatus {
   CONFIRMED = 2,
 
   /**
-   * ORDER_STATUS_FAILED means the saga failed and was compensated.
+   * ORDER_STATUS_FAILED is no longer used: a compensated order is
+   * CANCELLED.
    *
    * @generated from enum value: ORDER_STATUS_FAILED = 3;
    */
   FAILED = 3,
+
+  /**
+   * ORDER_STATUS_CANCELLED means the saga could not complete and was
+   * compensated: nothing is reserved or charged; failure_reason says why.
+   *
+   * @generated from enum value: ORDER_STATUS_CANCELLED = 4;
+   */
+  CANCELLED = 4,
 }
 
 /**
@@ -338,11 +390,13 @@ export const OrderStatusSchema: GenEnum<OrderStatus> = /*@__PURE__*/
 
 /**
  * OrderService owns orders. PlaceOrder runs a saga: reserve stock, charge,
- * commit the reservation, confirm; a failing step compensates the earlier
- * ones and the order ends FAILED with a reason. Errors:
+ * commit the reservation, confirm; a step that fails for good compensates
+ * the earlier ones (refund, release) and the order ends CANCELLED with a
+ * reason. Unit prices come from the catalogue, whatever the caller sends,
+ * and all lines of an order share one currency. Errors:
  *   - invalid_argument: the same idempotency key with a different request.
  *   - failed_precondition: out of stock or payment declined (the order is
- *     still recorded as FAILED and returned by GetOrder).
+ *     still recorded, CANCELLED with the reason, and returned by GetOrder).
  *   - not_found: an unknown order id.
  *
  * @generated from service shop.order.v1.OrderService

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/payment/v1/payment.proto.
  */
 export const file_shop_payment_v1_payment: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaG9wL3BheW1lbnQvdjEvcGF5bWVudC5wcm90bxIPc2hvcC5wYXltZW50LnYxIu8BCgdQYXltZW50EhIKCnBheW1lbnRfaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIkCgZhbW91bnQYBCABKAsyFC5zaG9wLm1vbmV5LnYxLk1vbmV5EiYKCHJlZnVuZGVkGAUgASgLMhQuc2hvcC5tb25leS52MS5Nb25leRIuCgZzdGF0dXMYBiABKA4yHi5zaG9wLnBheW1lbnQudjEuUGF5bWVudFN0YXR1cxIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiIQoPUGF5bWVudERlY2xpbmVkEg4KBnJlYXNvbhgBIAEoCSKbAQoNQ2hhcmdlUmVxdWVzdBIjCg9pZGVtcG90ZW5jeV9rZXkYASABKAlCCrpIB3IFEAgYgAESHAoIb3JkZXJfaWQYAiABKAlCCrpIB3IFEAEYgAESGQoHdXNlcl9pZBgDIAEoCUIIukgFcgOwAQESLAoGYW1vdW50GAQgASgLMhQuc2hvcC5tb25leS52MS5Nb25leUIGukgDyAEBIjsKDkNoYXJnZVJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCKUAQoNUmVmdW5kUmVxdWVzdBIjCg9pZGVtcG90ZW5jeV9rZXkYASABKAlCCrpIB3IFEAgYgAESHgoKcGF5bWVudF9pZBgCIAEoCUIKukgHcgUQARiAARIkCgZhbW91bnQYAyABKAsyFC5zaG9wLm1vbmV5LnYxLk1vbmV5EhgKBnJlYXNvbhgEIAEoCUIIukgFcgMY9AMiOwoOUmVmdW5kUmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IjMKEUdldFBheW1lbnRSZXF1ZXN0Eh4KCnBheW1lbnRfaWQYASABKAlCCrpIB3IFEAEYgAEiPwoSR2V0UGF5bWVudFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCqQAQoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF1BBWU1FTlRfU1RBVFVTX0NBUFRVUkVEEAESJQohUEFZTUVOVF9TVEFUVVNfUEFSVElBTExZX1JFRlVOREVEEAISGwoXUEFZTUVOVF9TVEFUVVNfUkVGVU5ERUQQAzLvAgoOUGF5bWVudFNlcnZpY2USZQoGQ2hhcmdlEh4uc2hvcC5wYXltZW50LnYxLkNoYXJnZVJlcXVlc3QaHy5zaG9wLnBheW1lbnQudjEuQ2hhcmdlUmVzcG9uc2UiGpACAoLT5JMCEToBKiIML3YxL3BheW1lbnRzEnkKBlJlZnVuZBIeLnNob3AucGF5bWVudC52MS5SZWZ1bmRSZXF1ZXN0Gh8uc2hvcC5wYXltZW50LnYxLlJlZnVuZFJlc3BvbnNlIi6QAgKC0+STAiU6ASoiIC92MS9wYXltZW50cy97cGF5bWVudF9pZH06cmVmdW5kEnsKCkdldFBheW1lbnQSIi5zaG9wLnBheW1lbnQudjEuR2V0UGF5bWVudFJlcXVlc3QaIy5zaG9wLnBheW1lbnQudjEuR2V0UGF5bWVudFJlc3BvbnNlIiSQAgGC0+STAhsSGS92MS9wYXltZW50cy97cGF5bWVudF9pZH1CwAEKE2NvbS5zaG9wLnBheW1lbnQudjFCDFBheW1lbnRQcm90b1ABWj1naXRodWIuY29tL2tlZWxwbGF0Zm9ybS9rZWVsL2dlbi9nby9zaG9wL3BheW1lbnQvdjE7cGF5bWVudHYxogIDU1BYqgIPU2hvcC5QYXltZW50LlYxygIPU2hvcFxQYXltZW50XFYx4gIbU2hvcFxQYXltZW50XFYxXEdQQk1ldGFkYXRh6gIRU2hvcDo6UGF5bWVudDo6VjFiBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_shop_money_v1_money]);
+  fileDesc("Ch1zaG9wL3BheW1lbnQvdjEvcGF5bWVudC5wcm90bxIPc2hvcC5wYXltZW50LnYxIpkCCgdQYXltZW50EhIKCnBheW1lbnRfaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIkCgZhbW91bnQYBCABKAsyFC5zaG9wLm1vbmV5LnYxLk1vbmV5EiYKCHJlZnVuZGVkGAUgASgLMhQuc2hvcC5tb25leS52MS5Nb25leRIuCgZzdGF0dXMYBiABKA4yHi5zaG9wLnBheW1lbnQudjEuUGF5bWVudFN0YXR1cxIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoHcmVmdW5kcxgIIAMoCzIXLnNob3AucGF5bWVudC52MS5SZWZ1bmQiggEKBlJlZnVuZBIRCglyZWZ1bmRfaWQYASABKAkSJAoGYW1vdW50GAIgASgLMhQuc2hvcC5tb25leS52MS5Nb25leRIOCgZyZWFzb24YAyABKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiEKD1BheW1lbnREZWNsaW5lZBIOCgZyZWFzb24YASABKAki7AEKDUNoYXJnZVJlcXVlc3QSIwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJQgq6SAdyBRAIGIABEhwKCG9yZGVyX2lkGAIgASgJQgq6SAdyBRABGIABEhkKB3VzZXJfaWQYAyABKAlCCLpIBXIDsAEBEn0KBmFtb3VudBgEIAEoCzIULnNob3AubW9uZXkudjEuTW9uZXlCV7pIVLoBTgoWY2hhcmdlLmFtb3VudC5wb3NpdGl2ZRIdYW1vdW50IG11c3QgYmUgbW9yZSB0aGFuIHplcm8aFXRoaXMuYW1vdW50X21pbm9yID4gMMgBASI7Cg5DaGFyZ2VSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQilAEKDVJlZnVuZFJlcXVlc3QSIwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJQgq6SAdyBRAIGIABEh4KCnBheW1lbnRfaWQYAiABKAlCCrpIB3IFEAEYgAESJAoGYW1vdW50GAMgASgLMhQuc2hvcC5tb25leS52MS5Nb25leRIYCgZyZWFzb24YBCABKAlCCLpIBXIDGPQDIjsKDlJlZnVuZFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCIzChFHZXRQYXltZW50UmVxdWVzdBIeCgpwYXltZW50X2lkGAEgASgJQgq6SAdyBRABGIABIj8KEkdldFBheW1lbnRSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQqkAEKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdQQVlNRU5UX1NUQVRVU19DQVBUVVJFRBABEiUKIVBBWU1FTlRfU1RBVFVTX1BBUlRJQUxMWV9SRUZVTkRFRBACEhsKF1BBWU1FTlRfU1RBVFVTX1JFRlVOREVEEAMy7wIKDlBheW1lbnRTZXJ2aWNlEmUKBkNoYXJnZRIeLnNob3AucGF5bWVudC52MS5DaGFyZ2VSZXF1ZXN0Gh8uc2hvcC5wYXltZW50LnYxLkNoYXJnZVJlc3BvbnNlIhqQAgKC0+STAhE6ASoiDC92MS9wYXltZW50cxJ5CgZSZWZ1bmQSHi5zaG9wLnBheW1lbnQudjEuUmVmdW5kUmVxdWVzdBofLnNob3AucGF5bWVudC52MS5SZWZ1bmRSZXNwb25zZSIukAICgtPkkwIlOgEqIiAvdjEvcGF5bWVudHMve3BheW1lbnRfaWR9OnJlZnVuZBJ7CgpHZXRQYXltZW50EiIuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0GiMuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXNwb25zZSIkkAIBgtPkkwIbEhkvdjEvcGF5bWVudHMve3BheW1lbnRfaWR9QsABChNjb20uc2hvcC5wYXltZW50LnYxQgxQYXltZW50UHJvdG9QAVo9Z2l0aHViLmNvbS9rZWVscGxhdGZvcm0va2VlbC9nZW4vZ28vc2hvcC9wYXltZW50L3YxO3BheW1lbnR2MaICA1NQWKoCD1Nob3AuUGF5bWVudC5WMcoCD1Nob3BcUGF5bWVudFxWMeICG1Nob3BcUGF5bWVudFxWMVxHUEJNZXRhZGF0YeoCEVNob3A6OlBheW1lbnQ6OlYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_shop_money_v1_money]);
 
 /**
  * Payment is one charge and what was refunded of it.
@@ -75,6 +75,13 @@ export type Payment = Message<"shop.payment.v1.Payment"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 7;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * refunds given back from this payment, oldest first.
+   *
+   * @generated from field: repeated shop.payment.v1.Refund refunds = 8;
+   */
+  refunds: Refund[];
 };
 
 /**
@@ -83,6 +90,48 @@ export type Payment = Message<"shop.payment.v1.Payment"> & {
  */
 export const PaymentSchema: GenMessage<Payment> = /*@__PURE__*/
   messageDesc(file_shop_payment_v1_payment, 0);
+
+/**
+ * Refund is money given back from a payment.
+ *
+ * @generated from message shop.payment.v1.Refund
+ */
+export type Refund = Message<"shop.payment.v1.Refund"> & {
+  /**
+   * refund_id is the refund's identifier.
+   *
+   * @generated from field: string refund_id = 1;
+   */
+  refundId: string;
+
+  /**
+   * amount given back.
+   *
+   * @generated from field: shop.money.v1.Money amount = 2;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * reason recorded with the refund.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * create_time is when the refund was made.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 4;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message shop.payment.v1.Refund.
+ * Use `create(RefundSchema)` to create a new message.
+ */
+export const RefundSchema: GenMessage<Refund> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment, 1);
 
 /**
  * PaymentDeclined is the error detail of a declined charge.
@@ -103,7 +152,7 @@ export type PaymentDeclined = Message<"shop.payment.v1.PaymentDeclined"> & {
  * Use `create(PaymentDeclinedSchema)` to create a new message.
  */
 export const PaymentDeclinedSchema: GenMessage<PaymentDeclined> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 1);
+  messageDesc(file_shop_payment_v1_payment, 2);
 
 /**
  * ChargeRequest takes money.
@@ -145,7 +194,7 @@ export type ChargeRequest = Message<"shop.payment.v1.ChargeRequest"> & {
  * Use `create(ChargeRequestSchema)` to create a new message.
  */
 export const ChargeRequestSchema: GenMessage<ChargeRequest> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 2);
+  messageDesc(file_shop_payment_v1_payment, 3);
 
 /**
  * ChargeResponse carries the payment.
@@ -166,7 +215,7 @@ export type ChargeResponse = Message<"shop.payment.v1.ChargeResponse"> & {
  * Use `create(ChargeResponseSchema)` to create a new message.
  */
 export const ChargeResponseSchema: GenMessage<ChargeResponse> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 3);
+  messageDesc(file_shop_payment_v1_payment, 4);
 
 /**
  * RefundRequest gives money back.
@@ -189,7 +238,8 @@ export type RefundRequest = Message<"shop.payment.v1.RefundRequest"> & {
   paymentId: string;
 
   /**
-   * amount to give back; unset refunds everything left.
+   * amount to give back, in the charge's currency and at most what is left
+   * to refund; unset refunds everything left.
    *
    * @generated from field: shop.money.v1.Money amount = 3;
    */
@@ -208,7 +258,7 @@ export type RefundRequest = Message<"shop.payment.v1.RefundRequest"> & {
  * Use `create(RefundRequestSchema)` to create a new message.
  */
 export const RefundRequestSchema: GenMessage<RefundRequest> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 4);
+  messageDesc(file_shop_payment_v1_payment, 5);
 
 /**
  * RefundResponse carries the payment after the refund.
@@ -229,7 +279,7 @@ export type RefundResponse = Message<"shop.payment.v1.RefundResponse"> & {
  * Use `create(RefundResponseSchema)` to create a new message.
  */
 export const RefundResponseSchema: GenMessage<RefundResponse> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 5);
+  messageDesc(file_shop_payment_v1_payment, 6);
 
 /**
  * GetPaymentRequest names one payment.
@@ -250,7 +300,7 @@ export type GetPaymentRequest = Message<"shop.payment.v1.GetPaymentRequest"> & {
  * Use `create(GetPaymentRequestSchema)` to create a new message.
  */
 export const GetPaymentRequestSchema: GenMessage<GetPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 6);
+  messageDesc(file_shop_payment_v1_payment, 7);
 
 /**
  * GetPaymentResponse carries the payment.
@@ -271,7 +321,7 @@ export type GetPaymentResponse = Message<"shop.payment.v1.GetPaymentResponse"> &
  * Use `create(GetPaymentResponseSchema)` to create a new message.
  */
 export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 7);
+  messageDesc(file_shop_payment_v1_payment, 8);
 
 /**
  * PaymentStatus is where a payment is in its life.
@@ -317,10 +367,15 @@ export const PaymentStatusSchema: GenEnum<PaymentStatus> = /*@__PURE__*/
 /**
  * PaymentService moves money. Charge and Refund take an idempotency key: a
  * retry with the same key and the same request returns the first result; the
- * same key with a different request is invalid_argument. Errors:
+ * same key with a different request is invalid_argument. Every charge and
+ * refund is recorded in a ledger. Errors:
+ *   - invalid_argument: a zero amount, or a refund in another currency than
+ *     its charge.
  *   - failed_precondition: the charge was declined (detail PaymentDeclined),
  *     or a refund exceeds what is left to refund.
  *   - not_found: an unknown payment id.
+ *   - unavailable: the payment provider did not answer; retry with the same
+ *     key.
  *
  * @generated from service shop.payment.v1.PaymentService
  */

@@ -60,13 +60,15 @@ const (
 
 // InventoryServiceClient is a client for the shop.inventory.v1.InventoryService service.
 type InventoryServiceClient interface {
-	// CreateItem adds an item to the catalogue.
+	// CreateItem adds an item to the catalogue. Calling it again with the same
+	// request_id returns the item it created.
 	CreateItem(context.Context, *connect.Request[v1.CreateItemRequest]) (*connect.Response[v1.CreateItemResponse], error)
 	// GetItem returns one item with its available stock.
 	GetItem(context.Context, *connect.Request[v1.GetItemRequest]) (*connect.Response[v1.GetItemResponse], error)
 	// ListItems pages through the catalogue, ordered by sku.
 	ListItems(context.Context, *connect.Request[v1.ListItemsRequest]) (*connect.Response[v1.ListItemsResponse], error)
-	// RestockItem adds quantity to an item's stock.
+	// RestockItem adds quantity to an item's stock. Calling it again with the
+	// same request_id adds nothing more and returns the item.
 	RestockItem(context.Context, *connect.Request[v1.RestockItemRequest]) (*connect.Response[v1.RestockItemResponse], error)
 	// ReserveStock holds back stock for every line, all or nothing. Calling it
 	// again with the same reservation id returns the existing reservation.
@@ -94,6 +96,7 @@ func NewInventoryServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			httpClient,
 			baseURL+InventoryServiceCreateItemProcedure,
 			connect.WithSchema(inventoryServiceMethods.ByName("CreateItem")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
 		getItem: connect.NewClient[v1.GetItemRequest, v1.GetItemResponse](
@@ -114,6 +117,7 @@ func NewInventoryServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			httpClient,
 			baseURL+InventoryServiceRestockItemProcedure,
 			connect.WithSchema(inventoryServiceMethods.ByName("RestockItem")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
 		reserveStock: connect.NewClient[v1.ReserveStockRequest, v1.ReserveStockResponse](
@@ -188,13 +192,15 @@ func (c *inventoryServiceClient) ReleaseReservation(ctx context.Context, req *co
 
 // InventoryServiceHandler is an implementation of the shop.inventory.v1.InventoryService service.
 type InventoryServiceHandler interface {
-	// CreateItem adds an item to the catalogue.
+	// CreateItem adds an item to the catalogue. Calling it again with the same
+	// request_id returns the item it created.
 	CreateItem(context.Context, *connect.Request[v1.CreateItemRequest]) (*connect.Response[v1.CreateItemResponse], error)
 	// GetItem returns one item with its available stock.
 	GetItem(context.Context, *connect.Request[v1.GetItemRequest]) (*connect.Response[v1.GetItemResponse], error)
 	// ListItems pages through the catalogue, ordered by sku.
 	ListItems(context.Context, *connect.Request[v1.ListItemsRequest]) (*connect.Response[v1.ListItemsResponse], error)
-	// RestockItem adds quantity to an item's stock.
+	// RestockItem adds quantity to an item's stock. Calling it again with the
+	// same request_id adds nothing more and returns the item.
 	RestockItem(context.Context, *connect.Request[v1.RestockItemRequest]) (*connect.Response[v1.RestockItemResponse], error)
 	// ReserveStock holds back stock for every line, all or nothing. Calling it
 	// again with the same reservation id returns the existing reservation.
@@ -218,6 +224,7 @@ func NewInventoryServiceHandler(svc InventoryServiceHandler, opts ...connect.Han
 		InventoryServiceCreateItemProcedure,
 		svc.CreateItem,
 		connect.WithSchema(inventoryServiceMethods.ByName("CreateItem")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
 	inventoryServiceGetItemHandler := connect.NewUnaryHandler(
@@ -238,6 +245,7 @@ func NewInventoryServiceHandler(svc InventoryServiceHandler, opts ...connect.Han
 		InventoryServiceRestockItemProcedure,
 		svc.RestockItem,
 		connect.WithSchema(inventoryServiceMethods.ByName("RestockItem")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
 	inventoryServiceReserveStockHandler := connect.NewUnaryHandler(
