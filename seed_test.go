@@ -7,20 +7,21 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keelplatform/keel/edge"
+	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/internal/config"
-	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
 // seedDir holds the seed files, consul/kv/<env>/<service>.yaml.
 const seedDir = "consul/kv"
 
-// seedSchemas lists every process that has seed files, with its real
-// settings type. A new service adds one line here; TestSeedFiles fails
-// until it does.
-var seedSchemas = []seedSchema{
-	schemaOf(edge.Name, edge.DefaultSettings()),
-	schemaOf(userservice.Name, userservice.DefaultSettings()),
+// seedSchemas checks the seed files of every process of the platform's
+// one list ([platform.All]) against its real settings type.
+func seedSchemas() []seedSchema {
+	var schemas []seedSchema
+	for _, p := range platform.All() {
+		schemas = append(schemas, schemaOf(p))
+	}
+	return schemas
 }
 
 // seedSchema checks one process's seed file of one environment.
@@ -29,30 +30,26 @@ type seedSchema struct {
 	check   func(t *testing.T, env config.Env)
 }
 
-// schemaOf checks service's seed files against its settings type T and
-// its Validate method, the way the process reads them when it runs
-// without Consul (config.Load) and the way `keel config push` checks
-// them before writing (config.CheckFile).
-func schemaOf[T interface{ ProcessConfig() config.Process }](service string, defaults T) seedSchema {
-	return seedSchema{service: service, check: func(t *testing.T, env config.Env) {
+// schemaOf checks p's seed files against its settings type and its
+// Validate method, the way the process reads them when it runs without
+// Consul and the way `keel config push` checks them before writing.
+func schemaOf(p platform.Process) seedSchema {
+	return seedSchema{service: p.Name, check: func(t *testing.T, env config.Env) {
 		t.Helper()
-		cfg, err := config.Load(t.Context(), config.Options[T]{
-			Service: service, Env: env, Dir: seedDir, Defaults: defaults,
-			LookupEnv: func(string) (string, bool) { return "", false },
-		})
+		cfg, err := p.Settings(t.Context(), env, seedDir)
 		if err != nil {
 			t.Fatalf("load: %v", err)
 		}
-		path := filepath.Join(seedDir, string(env), service+".yaml")
+		path := filepath.Join(seedDir, string(env), p.Name+".yaml")
 		data, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := config.CheckFile(path, data, defaults); err != nil {
+		if err := p.CheckSeed(path, data); err != nil {
 			t.Errorf("keel config push would refuse it: %v", err)
 		}
-		if env == config.EnvProd && cfg.ProcessConfig().Server.DrainDelay <= 0 {
-			t.Errorf("prod: server/drain_delay is %v; it should let balancers notice shutdown", cfg.ProcessConfig().Server.DrainDelay)
+		if env == config.EnvProd && cfg.Server.DrainDelay <= 0 {
+			t.Errorf("prod: server/drain_delay is %v; it should let balancers notice shutdown", cfg.Server.DrainDelay)
 		}
 	}}
 }
@@ -60,12 +57,13 @@ func schemaOf[T interface{ ProcessConfig() config.Process }](service string, def
 // TestSeedFiles checks every seed file of every environment against the
 // real settings type of its process: no unknown key, every value of the
 // right type and accepted by the type's Validate method. Every file must
-// belong to a process in seedSchemas, and every process there must have a
+// belong to a process of the platform, and every process must have a
 // file in every environment.
 func TestSeedFiles(t *testing.T) {
 	t.Parallel()
+	schemas := seedSchemas()
 	var services []string
-	for _, s := range seedSchemas {
+	for _, s := range schemas {
 		services = append(services, s.service)
 	}
 	for _, env := range config.Envs() {
@@ -84,10 +82,10 @@ func TestSeedFiles(t *testing.T) {
 				}
 				files = append(files, name)
 				if !slices.Contains(services, name) {
-					t.Errorf("%s: %s.yaml has no settings type to check it against: add the service to seedSchemas", env, name)
+					t.Errorf("%s: %s.yaml has no settings type to check it against: add the service to platform.Services", env, name)
 				}
 			}
-			for _, s := range seedSchemas {
+			for _, s := range schemas {
 				if !slices.Contains(files, s.service) {
 					t.Errorf("%s: no seed file %s.yaml", env, s.service)
 					continue

@@ -10,6 +10,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -36,7 +37,7 @@ type Config struct {
 	// "127.0.0.1:8080". Its MaxRequestBytes bounds every proxied request
 	// message too.
 	Server server.Config
-	// Services are the protobuf services to route. Default [ShopServices].
+	// Services are the protobuf services to route; at least one.
 	Services []string
 	// Routes overrides the logical service a protobuf service is routed to;
 	// by default "shop.user.v1.UserService" goes to "user".
@@ -75,7 +76,7 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 		cfg.Server.MaxRequestBytes = 4 << 20
 	}
 	if len(cfg.Services) == 0 {
-		cfg.Services = ShopServices()
+		return nil, errors.New("edge: no services to route")
 	}
 	if len(cfg.AllowedOrigins) == 0 {
 		cfg.AllowedOrigins = []string{"*"}

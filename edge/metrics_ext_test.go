@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/keelplatform/keel/edge"
+	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/internal/testkit"
@@ -129,7 +130,7 @@ func TestAdminEndpointsLeaveThePublicPort(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e, err := edge.New(edge.Config{Server: server.Config{Addr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0"}},
+	e, err := edge.New(edge.Config{Server: server.Config{Addr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0"}, Services: []string{userv1connect.UserServiceName}},
 		discovery.NewStatic(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

@@ -70,7 +70,7 @@ func edgeFor(ctx context.Context, t *testing.T, addrs map[string]string) string 
 			t.Fatal(err)
 		}
 	}
-	e, err := edge.New(edge.Config{Server: server.Config{Addr: "127.0.0.1:0"}}, registry, slog.New(slog.DiscardHandler))
+	e, err := edge.New(edge.Config{Server: server.Config{Addr: "127.0.0.1:0"}, Services: []string{userv1connect.UserServiceName}}, registry, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,27 +10,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
-	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
-	"github.com/keelplatform/keel/gen/go/shop/order/v1/orderv1connect"
-	"github.com/keelplatform/keel/gen/go/shop/payment/v1/paymentv1connect"
-	"github.com/keelplatform/keel/gen/go/shop/storefront/v1/storefrontv1connect"
-	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/callpolicy"
 	"github.com/keelplatform/keel/internal/discovery"
 )
-
-// ShopServices are the protobuf services the edge routes by default.
-// Importing their generated packages also registers their descriptors,
-// which the edge's gRPC reflection serves.
-func ShopServices() []string {
-	return []string{
-		userv1connect.UserServiceName,
-		inventoryv1connect.InventoryServiceName,
-		paymentv1connect.PaymentServiceName,
-		orderv1connect.OrderServiceName,
-		storefrontv1connect.StorefrontServiceName,
-	}
-}
 
 // route is one routed protobuf service.
 type route struct {

@@ -52,8 +52,10 @@ func (s Settings) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Service describes the edge to [boot].
-func Service() boot.Service[Settings] {
+// Service describes the edge to [boot]: an edge routing the protobuf
+// services named in contracts (each to the logical service its package
+// names, "shop.user.v1.UserService" to "user").
+func Service(contracts []string) boot.Service[Settings] {
 	return boot.Service[Settings]{
 		Name:     Name,
 		Meta:     map[string]string{"role": "edge"},
@@ -62,6 +64,7 @@ func Service() boot.Service[Settings] {
 			s := env.Config.Current()
 			e, err := New(Config{
 				Server:         server.ConfigFrom(s.Process),
+				Services:       contracts,
 				AllowedOrigins: s.AllowedOrigins,
 				TrustedProxies: s.TrustedProxies,
 				Calls:          &s.Calls,

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/consul"
 	"github.com/keelplatform/keel/edge"
 	"github.com/keelplatform/keel/internal/boot"
@@ -32,5 +33,5 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("edge: %w", err)
 	}
 	defer backend.Close()
-	return boot.Run(ctx, edge.Service(), boot.Options{Backend: backend})
+	return boot.Run(ctx, edge.Service(platform.Contracts()), boot.Options{Backend: backend})
 }

@@ -8,33 +8,26 @@ import (
 	"io"
 	"path/filepath"
 
+	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/consul"
-	"github.com/keelplatform/keel/edge"
 	"github.com/keelplatform/keel/internal/config"
-	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
 // errConfigDiffers makes `keel config diff` exit with status 1 when Consul
 // KV and the seed files differ.
 var errConfigDiffers = errors.New("consul KV differs from the seed files")
 
-// configValidators checks a service's seed file before `keel config push`
-// writes anything, by service name (the file's base name). Services
-// register their settings type here, for example:
-//
-//	"user": func(b []byte) error { return config.CheckFile("user.yaml", b, user.DefaultSettings()) },
-//
-// A file without a validator is only checked for shape: YAML that parses,
+// configValidators checks a process's seed file before `keel config push`
+// writes anything, by process name (the file's base name): every process
+// of the platform's list ([platform.All]) against its real settings type.
+// A file of no known process is only checked for shape: YAML that parses,
 // a mapping at the top, every leaf a scalar or a list.
 func configValidators() map[string]func(data []byte) error {
-	return map[string]func(data []byte) error{
-		userservice.Name: func(b []byte) error {
-			return config.CheckFile(userservice.Name+".yaml", b, userservice.DefaultSettings())
-		},
-		edge.Name: func(b []byte) error {
-			return config.CheckFile(edge.Name+".yaml", b, edge.DefaultSettings())
-		},
+	validators := map[string]func(data []byte) error{}
+	for _, p := range platform.All() {
+		validators[p.Name] = func(b []byte) error { return p.CheckSeed(p.Name+".yaml", b) }
 	}
+	return validators
 }
 
 func configUsage(w io.Writer) {

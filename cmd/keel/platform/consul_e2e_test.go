@@ -23,7 +23,7 @@ import (
 
 	"github.com/keelplatform/keel/consul"
 	"github.com/keelplatform/keel/consul/consultest"
-	"github.com/keelplatform/keel/edge"
+	"github.com/keelplatform/keel/cmd/keel/platform"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/boot"
@@ -239,7 +239,7 @@ func startConsulEdge(t *testing.T, client *api.Client) *consulEdge {
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &lockedLines{}
 	backend := consul.NewBackend(client, slog.New(slog.NewJSONHandler(logs, nil)))
-	r, err := boot.Start(ctx, edge.Service(), boot.Options{
+	r, err := platform.Edge().Start(ctx, boot.Options{
 		Env:       config.EnvTest,
 		ConfigDir: configDir(t),
 		Backend:   backend,

@@ -15,7 +15,6 @@ import (
 	"os"
 	"sync"
 
-	"github.com/keelplatform/keel/edge"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
@@ -94,16 +93,18 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 		return nil, err
 	}
 
-	users, err := boot.Start(servicesCtx, userservice.Service(), bootOpts(map[string]string{
-		"KEEL_DATABASE_DATA_DIR": opts.DataDir,
-		userservice.TokenKeyVar:  opts.TokenKey,
-	}))
-	if err != nil {
-		return fail(err)
+	for _, svc := range Services() {
+		r, err := svc.Start(servicesCtx, bootOpts(map[string]string{
+			"KEEL_DATABASE_DATA_DIR": opts.DataDir,
+			userservice.TokenKeyVar:  opts.TokenKey,
+		}))
+		if err != nil {
+			return fail(err)
+		}
+		p.services = append(p.services, r)
 	}
-	p.services = append(p.services, users)
 
-	e, err := boot.Start(ctx, edge.Service(), bootOpts(map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr}))
+	e, err := Edge().Start(ctx, bootOpts(map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr}))
 	if err != nil {
 		return fail(err)
 	}

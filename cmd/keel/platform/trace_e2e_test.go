@@ -93,7 +93,7 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 	relayOpts := opts
 	relayOpts.ConfigDir = "no-seed-files" // built-in defaults
 	start(boot.Start(ctx, relayService(), relayOpts))
-	front := start(boot.Start(ctx, edge.Service(), opts))
+	front := start(boot.Start(ctx, edge.Service([]string{userv1connect.UserServiceName, storefrontv1connect.StorefrontServiceName}), opts))
 
 	c := storefrontv1connect.NewStorefrontServiceClient(http.DefaultClient, "http://"+front.Instance.Addr)
 	res, err := c.GetProductPage(ctx, connect.NewRequest(&storefrontv1.GetProductPageRequest{Sku: "SKU-1"}))
