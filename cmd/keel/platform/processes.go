@@ -6,9 +6,11 @@ import (
 	"slices"
 
 	"github.com/keelplatform/keel/edge"
+	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
+	inventoryservice "github.com/keelplatform/keel/services/inventory/service"
 	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
@@ -55,6 +57,7 @@ func process[T boot.Settings](svc boot.Service[T], contracts ...string) Process 
 func Services() []Process {
 	return []Process{
 		process(userservice.Service(), userv1connect.UserServiceName),
+		process(inventoryservice.Service(), inventoryv1connect.InventoryServiceName),
 	}
 }
 

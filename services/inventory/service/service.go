@@ -1,0 +1,191 @@
+// Package service assembles the inventory service: its settings, its
+// store, its handler, the sweep that returns the stock of expired
+// reservations, and a server that speaks every protocol on one port. The
+// inventory binary (services/inventory) and `keel up` both boot it through
+// [Service].
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
+	"github.com/keelplatform/keel/internal/boot"
+	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/database"
+	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/services/inventory/internal/handler"
+	"github.com/keelplatform/keel/services/inventory/internal/store"
+)
+
+// Name is the inventory service's logical name in discovery and
+// configuration.
+const Name = "inventory"
+
+// DatabaseDSNVar holds the PostgreSQL connection string when
+// database/driver is postgres; it is a secret, never a setting.
+const DatabaseDSNVar = "KEEL_DATABASE_DSN"
+
+// Settings are the inventory service's configuration, the keys of
+// consul/kv/<env>/inventory.yaml and of keel/<env>/inventory/ in Consul KV.
+type Settings struct {
+	config.Process `yaml:",inline"`
+	// Reservations is how long stock is held for an order.
+	Reservations Reservations `yaml:"reservations"`
+	// Database is where items and reservations are stored. Static.
+	// Default: SQLite under "data".
+	Database Database `yaml:"database" keel:"static"`
+}
+
+// Reservations says how long a reservation holds stock.
+type Reservations struct {
+	// HoldFor is how long a reservation neither committed nor released
+	// holds its stock before it expires and the stock returns, from 1s to
+	// 24h. Dynamic: applies to reservations made after the change.
+	// Default 15m.
+	HoldFor time.Duration `yaml:"hold_for"`
+	// SweepEvery is how often expired reservations are looked for, from
+	// 100ms to 1h. Dynamic. Default 30s.
+	SweepEvery time.Duration `yaml:"sweep_every"`
+}
+
+// Database says where the inventory is stored.
+type Database struct {
+	// Driver is "sqlite" (a file under DataDir) or "postgres" (the DSN in
+	// KEEL_DATABASE_DSN).
+	Driver string `yaml:"driver"`
+	// DataDir is the directory of the SQLite file inventory.db.
+	DataDir string `yaml:"data_dir"`
+}
+
+// DefaultSettings returns the documented defaults.
+func DefaultSettings() Settings {
+	return Settings{
+		Process:      config.DefaultProcess(),
+		Reservations: Reservations{HoldFor: 15 * time.Minute, SweepEvery: 30 * time.Second},
+		Database:     Database{Driver: database.DriverSQLite, DataDir: "data"},
+	}
+}
+
+// Validate reports every setting out of range, naming its key.
+func (s Settings) Validate() error {
+	errs := []error{s.Process.Validate()}
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &config.KeyError{Key: key, Err: fmt.Errorf(format, args...)})
+	}
+	if d := s.Reservations.HoldFor; d < time.Second || d > 24*time.Hour {
+		bad("reservations/hold_for", "must be 1s to 24h, got %s", d)
+	}
+	if d := s.Reservations.SweepEvery; d < 100*time.Millisecond || d > time.Hour {
+		bad("reservations/sweep_every", "must be 100ms to 1h, got %s", d)
+	}
+	switch s.Database.Driver {
+	case database.DriverSQLite:
+		if s.Database.DataDir == "" {
+			bad("database/data_dir", "must be set for sqlite")
+		}
+	case database.DriverPostgres:
+	default:
+		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
+	}
+	return errors.Join(errs...)
+}
+
+// Service describes the inventory service to [boot].
+func Service() boot.Service[Settings] {
+	return boot.Service[Settings]{
+		Name:     Name,
+		Meta:     map[string]string{"contract": "shop.inventory.v1", "services": inventoryv1connect.InventoryServiceName},
+		Defaults: DefaultSettings(),
+		Build:    build,
+	}
+}
+
+// process is the running inventory service: its server, the expiry sweep,
+// and the store, closed once the server has drained.
+type process struct {
+	*server.Server
+	store *store.Store
+	sweep *sweeper
+}
+
+func (p *process) Serve(ctx context.Context) error {
+	sweepCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { p.sweep.run(sweepCtx); close(done) }()
+	err := p.Server.Serve(ctx)
+	stop()
+	<-done
+	return errors.Join(err, p.store.Close())
+}
+
+// Close releases the listener and the store of a process that will not
+// serve.
+func (p *process) Close() error {
+	return errors.Join(p.Server.Close(), p.store.Close())
+}
+
+func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
+	settings := env.Config.Current()
+	db := database.Config{Driver: settings.Database.Driver, DataDir: settings.Database.DataDir, Name: Name}
+	if db.Driver == database.DriverPostgres {
+		dsn, _ := env.Secret(DatabaseDSNVar)
+		if dsn == "" {
+			return nil, fmt.Errorf("database/driver is postgres but %s is not set", DatabaseDSNVar)
+		}
+		db.DSN = dsn
+	}
+	st, err := store.Open(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("inventory store: %w", err)
+	}
+	h := handler.New(st, handler.Direct{Store: st}, settings.Reservations.HoldFor, env.Logger)
+	sw := &sweeper{store: st, every: settings.Reservations.SweepEvery, logger: env.Logger}
+	env.Config.OnChange(func(_, s Settings) {
+		h.SetHoldFor(s.Reservations.HoldFor)
+		sw.setEvery(s.Reservations.SweepEvery)
+	})
+	srv := env.Server()
+	srv.Handle(inventoryv1connect.NewInventoryServiceHandler(h, srv.HandlerOptions()...))
+	return &process{Server: srv, store: st, sweep: sw}, nil
+}
+
+// sweeper returns the stock of reservations that expired.
+type sweeper struct {
+	store  *store.Store
+	logger interface {
+		Warn(msg string, args ...any)
+		Info(msg string, args ...any)
+	}
+	mu    sync.Mutex
+	every time.Duration
+}
+
+func (s *sweeper) setEvery(d time.Duration) {
+	s.mu.Lock()
+	s.every = d
+	s.mu.Unlock()
+}
+
+func (s *sweeper) run(ctx context.Context) {
+	for {
+		s.mu.Lock()
+		every := s.every
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		n, err := s.store.ExpireBefore(ctx, time.Now())
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.logger.Warn("expiring reservations", "error", err.Error())
+		case n > 0:
+			s.logger.Info("expired reservations released", "count", n)
+		}
+	}
+}
