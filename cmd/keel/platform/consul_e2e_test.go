@@ -21,9 +21,9 @@ import (
 	"connectrpc.com/connect"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/consul"
 	"github.com/keelplatform/keel/consul/consultest"
-	"github.com/keelplatform/keel/cmd/keel/platform"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/boot"

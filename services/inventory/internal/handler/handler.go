@@ -51,7 +51,9 @@ type Items interface {
 type Direct struct{ Store Store }
 
 // Get implements [Items].
-func (d Direct) Get(ctx context.Context, sku string) (stock.Item, error) { return d.Store.GetItem(ctx, sku) }
+func (d Direct) Get(ctx context.Context, sku string) (stock.Item, error) {
+	return d.Store.GetItem(ctx, sku)
+}
 
 // Changed implements [Items].
 func (Direct) Changed(context.Context, string) {}

@@ -22,7 +22,7 @@ type Item struct {
 	// Reserved is held by reservations neither committed nor released.
 	Reserved int64
 	// Committed was sold.
-	Committed int64
+	Committed  int64
 	UpdateTime time.Time
 }
 
