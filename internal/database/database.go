@@ -5,6 +5,13 @@
 // service, pure Go through modernc.org/sqlite) and PostgreSQL (production,
 // through the pgx stdlib driver). ent cannot open modernc's SQLite by name, so
 // both are opened with database/sql and wrapped with [entsql.OpenDB].
+//
+// A service's schema is versioned SQL, not ent's auto-migration: it embeds
+// one directory of migration files per driver and applies them at start
+// with [DB.Migrate], which records them in [MigrationsTable] and refuses
+// to start on a changed history. A test of the service calls
+// [CheckMigrationsMatchSchema] on each driver, so the migrations and the
+// ent schema cannot drift apart.
 package database
 
 import (

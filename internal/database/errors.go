@@ -24,3 +24,12 @@ func IsUniqueViolation(err error) bool {
 	}
 	return false
 }
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY: another connection
+// holds the lock the statement needs, and the busy timeout ran out.
+func isBusy(err error) bool {
+	if sqliteErr, ok := errors.AsType[*sqlite.Error](err); ok {
+		return sqliteErr.Code()&0xff == sqlite3.SQLITE_BUSY
+	}
+	return false
+}

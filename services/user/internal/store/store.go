@@ -23,19 +23,19 @@ type Store struct {
 
 var _ account.Repository = (*Store)(nil)
 
-// Open opens the database cfg describes and migrates its schema to the
-// current one (adding tables, columns and indexes, never dropping any).
+// Open opens the database cfg describes and applies the [Migrations] it
+// has not applied yet (see [database.DB.Migrate]). It fails, and the
+// service with it, if an applied migration was changed or is missing.
 func Open(ctx context.Context, cfg database.Config) (*Store, error) {
 	db, err := database.Open(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	client := ent.NewClient(ent.Driver(db.Driver()))
-	if err := client.Schema.Create(ctx); err != nil {
+	if err := db.Migrate(ctx, Migrations()); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("store: migrate schema on %s: %w", db.Dialect(), err)
 	}
-	return &Store{db: db, client: client}, nil
+	return &Store{db: db, client: ent.NewClient(ent.Driver(db.Driver()))}, nil
 }
 
 // Close closes the database.
