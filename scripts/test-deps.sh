@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what Keel's tests start is installed: PostgreSQL 15 server
-# binaries (the tests start a throwaway cluster), ps (the Consul agent
+# binaries (the tests start a throwaway cluster), redis-server (the cache
+# tests start throwaway servers: Redis 7, for RESP3 client-side caching),
+# ps (the Consul agent
 # script checks its process with it) and Chromium (the browser end-to-end
 # test drives it headless). Installs missing Debian packages;
 # never starts anything itself. The Consul agent is built by
@@ -12,6 +14,7 @@ pg_bindir="$( (pg_config --bindir 2>/dev/null) || true)"
 if ! { [ -x /usr/lib/postgresql/15/bin/initdb ] || [ -x "$pg_bindir/initdb" ]; }; then
 	need+=(postgresql)
 fi
+[ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || need+=(redis-server)
 command -v ps >/dev/null || need+=(procps)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,960 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/rueidis"
+
+	"github.com/keelplatform/keel/internal/cache"
+	"github.com/keelplatform/keel/internal/cache/redistest"
+	"github.com/keelplatform/keel/internal/config"
+)
+
+// backend makes caches of one kind for a test; caches made by one
+// backend value share their store (two "processes" on one Redis).
+type backend struct {
+	name  string
+	redis *redistest.Server // nil in process
+}
+
+// backends are the two implementations every behavioural test runs on.
+func backends() []string { return []string{"memory", "redis"} }
+
+func newBackend(t testing.TB, name string) *backend {
+	t.Helper()
+	b := &backend{name: name}
+	if name == "redis" {
+		b.redis = redistest.Start(t)
+	}
+	return b
+}
+
+// cache returns a new cache named "test" on the backend, with cfg
+// changed by change, closed when t ends.
+func (b *backend) cache(t testing.TB, change func(*cache.Config), reg prometheus.Registerer) *cache.Cache {
+	t.Helper()
+	cfg := cache.DefaultConfig()
+	if b.redis != nil {
+		cfg.RedisAddr = b.redis.Addr()
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	c, err := cache.New(context.Background(), cfg, cache.Options{Name: "test", Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// source is a fake database: values by key, and a count of loads.
+type source struct {
+	mu     sync.Mutex
+	values map[string]string
+	loads  atomic.Int64
+	delay  time.Duration
+}
+
+func newSource() *source { return &source{values: map[string]string{}} }
+
+func (s *source) set(key, val string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.values[key] = val
+}
+
+// loader reads key, after s.delay; absent keys are cache.ErrNotFound.
+func (s *source) loader(key string) cache.Loader {
+	return func(ctx context.Context) ([]byte, error) {
+		s.loads.Add(1)
+		if s.delay > 0 {
+			time.Sleep(s.delay)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		v, ok := s.values[key]
+		if !ok {
+			return nil, fmt.Errorf("key %s: %w", key, cache.ErrNotFound)
+		}
+		return []byte(v), nil
+	}
+}
+
+// get reads key through c from s and fails t on an unexpected answer.
+func get(t testing.TB, c *cache.Cache, s *source, key string) string {
+	t.Helper()
+	v, err := c.Get(context.Background(), key, s.loader(key))
+	if err != nil {
+		t.Fatalf("Get(%s): %v", key, err)
+	}
+	return string(v)
+}
+
+// metric returns the value of the counter or gauge name with the label
+// values labels (pairs) in reg, 0 when there is none.
+func metric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue next
+				}
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+// eventually waits until cond holds, failing t after timeout.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// redisClient is a plain client of the test's server, to look at what the
+// cache wrote.
+func redisClient(t testing.TB, s *redistest.Server) rueidis.Client {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{s.Addr()}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// stampede makes n goroutines read key at once through the caches (in
+// turn) and checks each got want.
+func stampede(t *testing.T, n int, caches []*cache.Cache, s *source, key, want string) {
+	t.Helper()
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		c := caches[i%len(caches)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			v, err := c.Get(context.Background(), key, s.loader(key))
+			if err != nil || string(v) != want {
+				errs <- fmt.Errorf("Get = %q, %v; want %q", v, err, want)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestGetLoadsOnceUnderConcurrency: 1,000 concurrent misses of one key
+// make one load, in one process and across two sharing Redis.
+func TestGetLoadsOnceUnderConcurrency(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			s := newSource()
+			s.delay = 50 * time.Millisecond
+			s.set("hot", "value")
+			c := b.cache(t, nil, nil)
+			stampede(t, 1000, []*cache.Cache{c}, s, "hot", "value")
+			if n := s.loads.Load(); n != 1 {
+				t.Fatalf("%d loads for 1,000 concurrent misses, want 1", n)
+			}
+		})
+	}
+	t.Run("redis/two processes", func(t *testing.T) {
+		b := newBackend(t, "redis")
+		s := newSource()
+		s.delay = 50 * time.Millisecond
+		for round := range 5 {
+			key := "hot" + strconv.Itoa(round)
+			s.set(key, "value")
+			s.loads.Store(0)
+			caches := []*cache.Cache{b.cache(t, nil, nil), b.cache(t, nil, nil)}
+			stampede(t, 1000, caches, s, key, "value")
+			if n := s.loads.Load(); n != 1 {
+				t.Fatalf("round %d: %d loads for 1,000 concurrent misses in two processes, want 1", round, n)
+			}
+		}
+	})
+}
+
+// TestFilterRejectsAbsentIDs: with the filter rebuilt from the ids that
+// exist, reads of 10,000 random absent ids almost never reach the loader,
+// and no existing id is rejected.
+func TestFilterRejectsAbsentIDs(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			reg := prometheus.NewRegistry()
+			c := b.cache(t, nil, reg)
+			s := newSource()
+			ids := make([]string, 10_000)
+			for i := range ids {
+				ids[i] = "item-" + strconv.Itoa(i)
+				s.set(ids[i], "v")
+			}
+			f, err := c.NewFilter("ids", cache.FilterConfig{ExpectedItems: len(ids), FalsePositiveRate: 0.001})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if err := f.Rebuild(ctx, cache.IDs(ids)); err != nil {
+				t.Fatal(err)
+			}
+			const lookups = 10_000
+			for range lookups {
+				id := "absent-" + strconv.FormatUint(rand.Uint64(), 36)
+				if _, err := c.GetChecked(ctx, f, id, s.loader(id)); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("GetChecked(%s) = %v, want ErrNotFound", id, err)
+				}
+			}
+			if n := s.loads.Load(); n >= lookups/100 {
+				t.Fatalf("%d of %d absent ids reached the loader, want < 1%%", n, lookups)
+			}
+			if got := metric(t, reg, "keel_cache_bloom_rejections_total", "cache", "test"); got < lookups*0.99 {
+				t.Errorf("keel_cache_bloom_rejections_total = %g, want >= %g", got, lookups*0.99)
+			}
+			t.Logf("%d of %d absent ids reached the loader", s.loads.Load(), lookups)
+			for _, id := range ids {
+				if !f.MayContain(ctx, id) {
+					t.Fatalf("MayContain(%s) = false for an id that exists", id)
+				}
+			}
+			if err := f.Add(ctx, "new-item"); err != nil {
+				t.Fatal(err)
+			}
+			s.set("new-item", "fresh")
+			if v, err := c.GetChecked(ctx, f, "new-item", s.loader("new-item")); err != nil || string(v) != "fresh" {
+				t.Fatalf("GetChecked(new-item) after Add = %q, %v; want fresh", v, err)
+			}
+		})
+	}
+}
+
+// TestFilterNeverRejectsUnlessBuilt: a filter never built, or lost with a
+// Redis restart, lets every id through; ids added before a rebuild
+// survive it even when the rebuild does not list them; a rebuild whose
+// ids fail changes nothing.
+func TestFilterNeverRejectsUnlessBuilt(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			c := b.cache(t, nil, nil)
+			ctx := context.Background()
+			f, err := c.NewFilter("ids", cache.FilterConfig{ExpectedItems: 1000, FalsePositiveRate: 0.001})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !f.MayContain(ctx, "anything") {
+				t.Fatal("an unbuilt filter rejected an id")
+			}
+			if err := f.Add(ctx, "added-early"); err != nil {
+				t.Fatal(err)
+			}
+			broken := func(yield func(string, error) bool) {
+				if yield("a", nil) {
+					yield("", errors.New("database gone"))
+				}
+			}
+			if err := f.Rebuild(ctx, broken); err == nil {
+				t.Fatal("Rebuild with failing ids returned nil")
+			}
+			if !f.MayContain(ctx, "anything") {
+				t.Fatal("a failed rebuild marked the filter built")
+			}
+			if err := f.Rebuild(ctx, cache.IDs([]string{"a", "b"})); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range []string{"a", "b", "added-early"} {
+				if !f.MayContain(ctx, id) {
+					t.Fatalf("MayContain(%s) = false after rebuild", id)
+				}
+			}
+			rejected := 0
+			for i := range 100 {
+				if !f.MayContain(ctx, "absent-"+strconv.Itoa(i)) {
+					rejected++
+				}
+			}
+			if rejected < 90 {
+				t.Fatalf("a built filter rejected %d of 100 absent ids", rejected)
+			}
+			if b.redis == nil {
+				return
+			}
+			b.redis.Restart() // empty: the filter is gone
+			eventually(t, 10*time.Second, "filter still rejects ids after Redis lost it", func() bool {
+				for i := range 100 {
+					if !f.MayContain(ctx, "absent-"+strconv.Itoa(i)) {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	}
+}
+
+// TestNegativeEntries: a key the loader says does not exist is
+// remembered for negative_ttl, then asked again.
+func TestNegativeEntries(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			const negTTL = 500 * time.Millisecond
+			reg := prometheus.NewRegistry()
+			c := b.cache(t, func(cfg *cache.Config) { cfg.NegativeTTL, cfg.Jitter = negTTL, 0 }, reg)
+			s := newSource()
+			ctx := context.Background()
+			start := time.Now()
+			for i := range 5 {
+				if _, err := c.Get(ctx, "ghost", s.loader("ghost")); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("Get #%d = %v, want ErrNotFound", i+1, err)
+				}
+			}
+			if n := s.loads.Load(); n != 1 && time.Since(start) < negTTL {
+				t.Fatalf("%d loads for 5 reads of an absent key within negative_ttl, want 1", n)
+			}
+			if got := metric(t, reg, "keel_cache_negative_hits_total", "cache", "test"); got < 4 {
+				t.Errorf("keel_cache_negative_hits_total = %g, want 4", got)
+			}
+			eventually(t, 5*time.Second, "the negative entry never expired", func() bool {
+				_, err := c.Get(ctx, "ghost", s.loader("ghost"))
+				return errors.Is(err, cache.ErrNotFound) && s.loads.Load() == 2
+			})
+			if d := time.Since(start); d < negTTL-50*time.Millisecond {
+				t.Fatalf("the negative entry expired after %s, want %s", d, negTTL)
+			}
+			// Once the key exists and is invalidated, it is read.
+			s.set("ghost", "here")
+			if err := c.Invalidate(ctx, "ghost"); err != nil {
+				t.Fatal(err)
+			}
+			if v := get(t, c, s, "ghost"); v != "here" {
+				t.Fatalf("after Invalidate: %q, want here", v)
+			}
+		})
+	}
+}
+
+// TestLoaderErrorsAreNotCached: a failed load fails the read and the next
+// read loads again.
+func TestLoaderErrorsAreNotCached(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			c := b.cache(t, nil, nil)
+			var calls atomic.Int64
+			boom := errors.New("database down")
+			load := func(context.Context) ([]byte, error) { calls.Add(1); return nil, boom }
+			for range 3 {
+				if _, err := c.Get(context.Background(), "k", load); !errors.Is(err, boom) {
+					t.Fatalf("Get = %v, want the loader's error", err)
+				}
+			}
+			if n := calls.Load(); n != 3 {
+				t.Fatalf("%d loads for 3 reads that failed, want 3", n)
+			}
+		})
+	}
+}
+
+// TestReturnedValueBelongsToCaller: changing a returned value changes
+// nothing cached, for concurrent readers of one load too.
+func TestReturnedValueBelongsToCaller(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			c := b.cache(t, nil, nil)
+			s := newSource()
+			s.delay = 20 * time.Millisecond
+			s.set("k", "value")
+			var wg sync.WaitGroup
+			for range 10 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					v, err := c.Get(context.Background(), "k", s.loader("k"))
+					if err != nil || string(v) != "value" {
+						t.Errorf("Get = %q, %v; want value", v, err)
+						return
+					}
+					copy(v, "XXXXX")
+				}()
+			}
+			wg.Wait()
+			for range 3 {
+				v, err := c.Get(context.Background(), "k", s.loader("k"))
+				if err != nil || string(v) != "value" {
+					t.Fatalf("Get = %q, %v after callers changed their copies; want value", v, err)
+				}
+				copy(v, "XXXXX")
+			}
+		})
+	}
+}
+
+// TestInvalidateReadsOwnWrites: right after Invalidate, the same cache
+// reads the new value, every time.
+func TestInvalidateReadsOwnWrites(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			c := b.cache(t, nil, nil)
+			s := newSource()
+			ctx := context.Background()
+			for i := range 300 {
+				want := "v" + strconv.Itoa(i)
+				s.set("k", want)
+				if err := c.Invalidate(ctx, "k"); err != nil {
+					t.Fatal(err)
+				}
+				for range 3 {
+					if v := get(t, c, s, "k"); v != want {
+						t.Fatalf("round %d: read %q right after Invalidate, want %q", i, v, want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestInvalidateDuringLoadKeepsNoStaleValue: a load that started before
+// an Invalidate may return what it read, but does not cache it.
+func TestInvalidateDuringLoadKeepsNoStaleValue(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			c := b.cache(t, nil, nil)
+			ctx := context.Background()
+			entered, release := make(chan struct{}), make(chan struct{})
+			slow := func(context.Context) ([]byte, error) {
+				close(entered)
+				<-release
+				return []byte("old"), nil
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				_, _ = c.Get(ctx, "k", slow)
+			}()
+			<-entered
+			if err := c.Invalidate(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			close(release)
+			<-done
+			v, err := c.Get(ctx, "k", func(context.Context) ([]byte, error) { return []byte("new"), nil })
+			if err != nil || string(v) != "new" {
+				t.Fatalf("Get after the racing load = %q, %v; want new (the stale value was cached)", v, err)
+			}
+		})
+	}
+}
+
+// TestInvalidateReachesOtherProcesses: a value another process keeps in
+// memory (client-side caching) is dropped when the key is invalidated
+// through this one.
+func TestInvalidateReachesOtherProcesses(t *testing.T) {
+	b := newBackend(t, "redis")
+	regB := prometheus.NewRegistry()
+	a, cb := b.cache(t, nil, nil), b.cache(t, nil, regB)
+	s := newSource()
+	s.set("item", "v1")
+	if v := get(t, cb, s, "item"); v != "v1" {
+		t.Fatalf("B read %q, want v1", v)
+	}
+	for range 3 {
+		get(t, cb, s, "item")
+	}
+	if n := metric(t, regB, "keel_cache_hits_total", "cache", "test", "tier", "local"); n < 1 {
+		t.Fatalf("B served no read from process memory (client-side caching off?): local hits %g", n)
+	}
+	s.set("item", "v2")
+	if err := a.Invalidate(context.Background(), "item"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "B still serves the stale value", func() bool { return get(t, cb, s, "item") == "v2" })
+}
+
+// TestRedisKilledMidRun: readers see no error while Redis is killed and
+// get values from the loader; once a new Redis runs on the same port, the
+// cache uses it again.
+func TestRedisKilledMidRun(t *testing.T) {
+	b := newBackend(t, "redis")
+	reg := prometheus.NewRegistry()
+	c := b.cache(t, func(cfg *cache.Config) { cfg.Breaker.OpenFor = 100 * time.Millisecond }, reg)
+	s := newSource()
+	const keys = 20
+	for i := range keys {
+		s.set("k"+strconv.Itoa(i), "v"+strconv.Itoa(i))
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reads, failures atomic.Int64
+	var firstErr atomic.Value
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				i := rand.IntN(keys)
+				v, err := c.Get(context.Background(), "k"+strconv.Itoa(i), s.loader("k"+strconv.Itoa(i)))
+				reads.Add(1)
+				if err != nil || string(v) != "v"+strconv.Itoa(i) {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("Get(k%d) = %q, %v", i, v, err))
+				}
+				time.Sleep(200 * time.Microsecond)
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	hits := func() float64 {
+		return metric(t, reg, "keel_cache_hits_total", "cache", "test", "tier", "local") +
+			metric(t, reg, "keel_cache_hits_total", "cache", "test", "tier", "redis")
+	}
+	// Warm: every key loaded once, then served from the cache.
+	eventually(t, 10*time.Second, "the cache never warmed", func() bool { return s.loads.Load() == keys && hits() > 500 })
+
+	b.redis.Kill()
+	loadsAtKill, readsAtKill := s.loads.Load(), reads.Load()
+	eventually(t, 10*time.Second, "reads did not go to the loader with Redis down", func() bool {
+		if n := failures.Load(); n > 0 {
+			t.Fatalf("%d reads failed with Redis down; first: %v", n, firstErr.Load())
+		}
+		return s.loads.Load() > loadsAtKill+200 && reads.Load() > readsAtKill+200
+	})
+	if state := metric(t, reg, "keel_cache_breaker_state", "cache", "test"); state == 0 {
+		t.Errorf("breaker state %g with Redis down, want open (2) or half-open (1)", state)
+	}
+
+	b.redis.Restart()
+	// Back on Redis: loads stop (each key loaded once more, at most) and
+	// hits resume.
+	eventually(t, 10*time.Second, "the cache did not use Redis again", func() bool {
+		l, h := s.loads.Load(), hits()
+		time.Sleep(300 * time.Millisecond)
+		return s.loads.Load() == l && hits() > h+100
+	})
+	if state := metric(t, reg, "keel_cache_breaker_state", "cache", "test"); state != 0 {
+		t.Errorf("breaker state %g with Redis back, want closed (0)", state)
+	}
+	if n := failures.Load(); n > 0 {
+		t.Fatalf("%d of %d reads failed; first: %v", n, reads.Load(), firstErr.Load())
+	}
+	if metric(t, reg, "keel_cache_redis_errors_total", "cache", "test") == 0 {
+		t.Error("no Redis errors counted while Redis was down")
+	}
+}
+
+// TestHungRedisDoesNotStallReads: with Redis hung (SIGSTOP), every read
+// still answers within a few call timeouts, from the loader.
+func TestHungRedisDoesNotStallReads(t *testing.T) {
+	b := newBackend(t, "redis")
+	const timeout = 50 * time.Millisecond
+	c := b.cache(t, func(cfg *cache.Config) { cfg.Timeout = timeout }, nil)
+	s := newSource()
+	for i := range 10 {
+		s.set("k"+strconv.Itoa(i), "v")
+	}
+	get(t, c, s, "k0")
+	b.redis.Pause()
+	defer b.redis.Resume()
+	var wg sync.WaitGroup
+	var slowest atomic.Int64
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				key := "k" + strconv.Itoa((g+i)%10)
+				start := time.Now()
+				v, err := c.Get(context.Background(), key, s.loader(key))
+				d := time.Since(start)
+				if err != nil || string(v) != "v" {
+					t.Errorf("Get(%s) with Redis hung = %q, %v", key, v, err)
+				}
+				for old := slowest.Load(); int64(d) > old && !slowest.CompareAndSwap(old, int64(d)); old = slowest.Load() {
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if d := time.Duration(slowest.Load()); d > 10*timeout {
+		t.Fatalf("slowest read with Redis hung took %s, want < %s", d, 10*timeout)
+	}
+}
+
+// TestRedisDownAtStart: New succeeds without Redis, reads come from the
+// loader, and the cache connects when Redis appears.
+func TestRedisDownAtStart(t *testing.T) {
+	b := newBackend(t, "redis")
+	b.redis.Kill()
+	reg := prometheus.NewRegistry()
+	c := b.cache(t, func(cfg *cache.Config) { cfg.Breaker.OpenFor = 50 * time.Millisecond }, reg)
+	s := newSource()
+	s.set("k", "v")
+	for range 3 {
+		if v := get(t, c, s, "k"); v != "v" {
+			t.Fatalf("read %q, want v", v)
+		}
+	}
+	if n := s.loads.Load(); n != 3 {
+		t.Fatalf("%d loads for 3 reads without Redis, want 3", n)
+	}
+	b.redis.Restart()
+	eventually(t, 10*time.Second, "the cache never used Redis", func() bool {
+		get(t, c, s, "k")
+		return metric(t, reg, "keel_cache_hits_total", "cache", "test", "tier", "local")+
+			metric(t, reg, "keel_cache_hits_total", "cache", "test", "tier", "redis") > 0
+	})
+}
+
+// TestInvalidateWhileRedisDown: an invalidation that could not reach
+// Redis (a network partition: Redis keeps its data) is applied when Redis
+// is reachable again, so no process goes on reading the stale value; the
+// invalidating process reads the new value meanwhile.
+func TestInvalidateWhileRedisDown(t *testing.T) {
+	b := newBackend(t, "redis")
+	p := newCutProxy(t, b.redis.Addr())
+	a := b.cache(t, func(cfg *cache.Config) {
+		cfg.RedisAddr = p.addr()
+		cfg.Breaker.OpenFor = 50 * time.Millisecond
+	}, nil)
+	other := b.cache(t, func(cfg *cache.Config) { cfg.LocalTTL = 0 }, nil)
+	s := newSource()
+	s.set("k", "v1")
+	get(t, a, s, "k")
+	p.cut()
+	s.set("k", "v2")
+	if err := a.Invalidate(context.Background(), "k"); err == nil {
+		t.Fatal("Invalidate with Redis cut off returned nil")
+	}
+	for range 3 {
+		if v := get(t, a, s, "k"); v != "v2" {
+			t.Fatalf("read %q after Invalidate with Redis cut off, want v2", v)
+		}
+	}
+	if v := get(t, other, s, "k"); v != "v1" {
+		t.Fatalf("the other process read %q during the partition; the test wants Redis to keep v1", v)
+	}
+	p.heal()
+	// Redis still holds v1 until the delete goes through: the invalidating
+	// process must not read it there meanwhile.
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
+		if v := get(t, a, s, "k"); v != "v2" {
+			t.Fatalf("read %q right after the partition healed, want v2", v)
+		}
+	}
+	eventually(t, 10*time.Second, "the other process still reads the stale value", func() bool {
+		return get(t, other, s, "k") == "v2"
+	})
+}
+
+// TestFilterAddWhileRedisDown: ids added while Redis was out of reach
+// reach the shared filter once it is back, so no process rejects them.
+func TestFilterAddWhileRedisDown(t *testing.T) {
+	b := newBackend(t, "redis")
+	p := newCutProxy(t, b.redis.Addr())
+	a := b.cache(t, func(cfg *cache.Config) {
+		cfg.RedisAddr = p.addr()
+		cfg.Breaker.OpenFor = 50 * time.Millisecond
+	}, nil)
+	other := b.cache(t, nil, nil)
+	ctx := context.Background()
+	fc := cache.FilterConfig{ExpectedItems: 1000, FalsePositiveRate: 0.0001}
+	fa, err := a.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fo, err := other.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fa.Rebuild(ctx, cache.IDs([]string{"old"})); err != nil {
+		t.Fatal(err)
+	}
+	if fo.MayContain(ctx, "created-during-partition") {
+		t.Fatal("the filter lets an id through before it is added; pick another id")
+	}
+	p.cut()
+	if err := fa.Add(ctx, "created-during-partition"); err == nil {
+		t.Fatal("Add with Redis cut off returned nil")
+	}
+	p.heal()
+	eventually(t, 10*time.Second, "the other process's filter still rejects the id added during the partition", func() bool {
+		return fo.MayContain(ctx, "created-during-partition")
+	})
+}
+
+// cutProxy forwards TCP connections to a server until cut: then it
+// drops them and refuses new ones, like a network partition, until
+// healed.
+type cutProxy struct {
+	t      testing.TB
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newCutProxy(t testing.TB, target string) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{t: t, ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go p.serve()
+	return p
+}
+
+func (p *cutProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *cutProxy) serve() {
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.down {
+			p.mu.Unlock()
+			in.Close()
+			continue
+		}
+		out, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			in.Close()
+			continue
+		}
+		p.conns = append(p.conns, in, out)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(out, in); out.Close() }()
+		go func() { _, _ = io.Copy(in, out); in.Close() }()
+	}
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
+}
+
+// TestTTLJitter: TTLs vary within ±jitter around ttl, so entries loaded
+// together do not expire together.
+func TestTTLJitter(t *testing.T) {
+	t.Run("redis", func(t *testing.T) {
+		b := newBackend(t, "redis")
+		ttl, jitter := time.Minute, 0.1
+		c := b.cache(t, func(cfg *cache.Config) { cfg.TTL, cfg.Jitter = ttl, jitter }, nil)
+		s := newSource()
+		rc := redisClient(t, b.redis)
+		lo, hi := time.Duration(1<<62), time.Duration(0)
+		for i := range 200 {
+			key := "k" + strconv.Itoa(i)
+			s.set(key, "v")
+			get(t, c, s, key)
+			ms, err := rc.Do(context.Background(), rc.B().Pttl().Key("keel:test:"+key).Build()).AsInt64()
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := time.Duration(ms) * time.Millisecond
+			lo, hi = min(lo, d), max(hi, d)
+		}
+		if lo < time.Duration(float64(ttl)*(1-jitter))-time.Second || hi > time.Duration(float64(ttl)*(1+jitter)) {
+			t.Fatalf("TTLs in [%s, %s], want within %s ± %g", lo, hi, ttl, jitter)
+		}
+		if hi-lo < time.Duration(float64(ttl)*jitter) {
+			t.Fatalf("TTLs in [%s, %s]: spread %s, want at least %s", lo, hi, hi-lo, time.Duration(float64(ttl)*jitter))
+		}
+	})
+	t.Run("memory", func(t *testing.T) {
+		b := newBackend(t, "memory")
+		ttl, jitter := time.Second, 0.5
+		c := b.cache(t, func(cfg *cache.Config) { cfg.TTL, cfg.Jitter = ttl, jitter }, nil)
+		s := newSource()
+		const n = 100
+		loaded := make([]time.Time, n)
+		for i := range n {
+			key := "k" + strconv.Itoa(i)
+			s.set(key, "v")
+			get(t, c, s, key)
+			loaded[i] = time.Now()
+		}
+		// How long after its load each key was loaded again: its entry
+		// expired.
+		expired := map[int]time.Duration{}
+		for len(expired) < n && time.Since(loaded[0]) < 3*ttl {
+			for i := range n {
+				if _, done := expired[i]; done {
+					continue
+				}
+				before := s.loads.Load()
+				get(t, c, s, "k"+strconv.Itoa(i))
+				if s.loads.Load() > before {
+					expired[i] = time.Since(loaded[i])
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if len(expired) < n {
+			t.Fatalf("%d of %d entries expired within %s", len(expired), n, 3*ttl)
+		}
+		lo, hi := time.Duration(1<<62), time.Duration(0)
+		for _, d := range expired {
+			lo, hi = min(lo, d), max(hi, d)
+		}
+		if lo < time.Duration(float64(ttl)*(1-jitter))-50*time.Millisecond || hi > time.Duration(float64(ttl)*(1+jitter))+500*time.Millisecond {
+			t.Fatalf("entries expired after [%s, %s], want within %s ± %g", lo, hi, ttl, jitter)
+		}
+		if hi-lo < time.Duration(float64(ttl)*jitter) {
+			t.Fatalf("entries expired after [%s, %s]: spread %s, want at least %s", lo, hi, hi-lo, time.Duration(float64(ttl)*jitter))
+		}
+	})
+}
+
+// TestConfigValidate: the defaults are valid; each bad value is reported
+// under its key path.
+func TestConfigValidate(t *testing.T) {
+	if errs := cache.DefaultConfig().Validate("cache"); len(errs) > 0 {
+		t.Fatalf("defaults: %v", errors.Join(errs...))
+	}
+	if errs := cache.DefaultFilterConfig().Validate("filter"); len(errs) > 0 {
+		t.Fatalf("filter defaults: %v", errors.Join(errs...))
+	}
+	tests := []struct {
+		change func(*cache.Config)
+		key    string
+	}{
+		{func(c *cache.Config) { c.RedisAddr = "no-port" }, "cache/redis_addr"},
+		{func(c *cache.Config) { c.TTL = 0 }, "cache/ttl"},
+		{func(c *cache.Config) { c.Jitter = 0.9 }, "cache/jitter"},
+		{func(c *cache.Config) { c.NegativeTTL = -time.Second }, "cache/negative_ttl"},
+		{func(c *cache.Config) { c.LockTTL = time.Millisecond }, "cache/lock_ttl"},
+		{func(c *cache.Config) { c.LocalTTL = 2 * time.Hour }, "cache/local_ttl"},
+		{func(c *cache.Config) { c.LocalMaxBytes = 10 }, "cache/local_max_bytes"},
+		{func(c *cache.Config) { c.Timeout = 0 }, "cache/timeout"},
+		{func(c *cache.Config) { c.Breaker.Failures = 11 }, "cache/breaker/failures"},
+		{func(c *cache.Config) { c.Breaker.Window = 0 }, "cache/breaker/window"},
+		{func(c *cache.Config) { c.Breaker.OpenFor = 0 }, "cache/breaker/open_for"},
+	}
+	for _, tt := range tests {
+		cfg := cache.DefaultConfig()
+		tt.change(&cfg)
+		errs := cfg.Validate("cache")
+		keys := config.ErrorKeys(errors.Join(errs...))
+		if len(keys) == 0 || keys[0] != tt.key {
+			t.Errorf("want an error for %s, got keys %v", tt.key, keys)
+		}
+		for _, err := range errs {
+			var ke *config.KeyError
+			if !errors.As(err, &ke) {
+				t.Errorf("%v is not a *config.KeyError", err)
+			}
+		}
+		if _, err := cache.New(context.Background(), cfg, cache.Options{Name: "x"}); err == nil {
+			t.Errorf("New accepted a config with a bad %s", tt.key)
+		}
+	}
+	f := cache.FilterConfig{ExpectedItems: 0, FalsePositiveRate: 1}
+	if keys := config.ErrorKeys(errors.Join(f.Validate("f")...)); len(keys) != 2 || keys[0] != "f/expected_items" || keys[1] != "f/false_positive_rate" {
+		t.Errorf("filter config keys %v, want f/expected_items, f/false_positive_rate", keys)
+	}
+}
+
+// TestMetricsRegistration: every cache has its series, labelled with its
+// name; a second cache of the same name in one registry is refused, and
+// allowed again once the first is closed.
+func TestMetricsRegistration(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c, err := cache.New(context.Background(), cache.DefaultConfig(), cache.Options{Name: "inventory:item", Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSource()
+	s.set("k", "v")
+	get(t, c, s, "k")
+	get(t, c, s, "k")
+	for _, m := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"keel_cache_misses_total", nil, 1},
+		{"keel_cache_loads_total", nil, 1},
+		{"keel_cache_hits_total", []string{"tier", "local"}, 1},
+		{"keel_cache_breaker_state", nil, 0},
+	} {
+		if got := metric(t, reg, m.name, append([]string{"cache", "inventory:item"}, m.labels...)...); got != m.want {
+			t.Errorf("%s%v = %g, want %g", m.name, m.labels, got, m.want)
+		}
+	}
+	if _, err := cache.New(context.Background(), cache.DefaultConfig(), cache.Options{Name: "inventory:item", Metrics: reg}); err == nil {
+		t.Error("a second cache of the same name registered its metrics")
+	}
+	c.Close()
+	c2, err := cache.New(context.Background(), cache.DefaultConfig(), cache.Options{Name: "inventory:item", Metrics: reg})
+	if err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	c2.Close()
+}
