@@ -1,0 +1,191 @@
+// Package service assembles the payment service: its settings, its store,
+// its payment provider, its handler and a server that speaks every
+// protocol on one port. The payment binary (services/payment) and
+// `keel up` both boot it through [Service].
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/keelplatform/keel/gen/go/shop/payment/v1/paymentv1connect"
+	"github.com/keelplatform/keel/internal/boot"
+	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/database"
+	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/services/payment/internal/handler"
+	"github.com/keelplatform/keel/services/payment/internal/provider"
+	"github.com/keelplatform/keel/services/payment/internal/store"
+)
+
+// Name is the payment service's logical name in discovery and
+// configuration.
+const Name = "payment"
+
+// DatabaseDSNVar is the secret the service reads from its environment,
+// never from configuration: the PostgreSQL connection string when
+// database/driver is postgres.
+const DatabaseDSNVar = "KEEL_DATABASE_DSN"
+
+// maxLatency bounds simulator/latency.
+const maxLatency = 30 * time.Second
+
+// Settings are the payment service's configuration, the keys of
+// consul/kv/<env>/payment.yaml and of keel/<env>/payment/ in Consul KV.
+type Settings struct {
+	config.Process `yaml:",inline"`
+	// Simulator sets how the built-in payment provider answers. Dynamic:
+	// a change applies to the charges that start after it. Default: every
+	// charge taken at once.
+	Simulator Simulator `yaml:"simulator"`
+	// Database is where payments and the ledger are stored. Static.
+	// Default: SQLite under "data".
+	Database Database `yaml:"database" keel:"static"`
+}
+
+// Simulator sets how the built-in payment provider, a deterministic
+// simulator that takes no real money, answers charges.
+type Simulator struct {
+	// DeclineOverMinor declines, with reason "amount_over_limit", charges
+	// of more than this many minor units; 0 means no limit. Dynamic.
+	// Default 0.
+	DeclineOverMinor int64 `yaml:"decline_over_minor"`
+	// DeclineUsers lists the user ids (UUIDs) whose charges are declined
+	// with reason "user_blocked". Dynamic. Default none.
+	DeclineUsers []string `yaml:"decline_users"`
+	// FailureRate is the share of charge attempts, 0 to 1, that fail as
+	// if the provider did not answer (unavailable, nothing recorded). An
+	// attempt fails when a hash of its idempotency key and of the number
+	// of the key's earlier failed attempts falls below the rate, so runs
+	// are reproducible and a retry may succeed. Dynamic. Default 0.
+	FailureRate float64 `yaml:"failure_rate"`
+	// Latency is how long every charge takes, 0 to 30s. Dynamic. Default
+	// 0.
+	Latency time.Duration `yaml:"latency"`
+}
+
+// rules returns the simulator's rules.
+func (s Simulator) rules() provider.Rules {
+	return provider.Rules{
+		DeclineOverMinor: s.DeclineOverMinor,
+		DeclineUsers:     s.DeclineUsers,
+		FailureRate:      s.FailureRate,
+		Latency:          s.Latency,
+	}
+}
+
+// Database says where payments and the ledger are stored.
+type Database struct {
+	// Driver is "sqlite" (a file under DataDir) or "postgres" (the DSN in
+	// KEEL_DATABASE_DSN).
+	Driver string `yaml:"driver"`
+	// DataDir is the directory of the SQLite file payment.db.
+	DataDir string `yaml:"data_dir"`
+	// MaxOpenConns bounds the connections open to the database at once,
+	// 1 to 1000; calls past it wait for a free one. Default 16.
+	MaxOpenConns int `yaml:"max_open_conns"`
+}
+
+// DefaultSettings returns the documented defaults.
+func DefaultSettings() Settings {
+	return Settings{
+		Process:  config.DefaultProcess(),
+		Database: Database{Driver: database.DriverSQLite, DataDir: "data", MaxOpenConns: store.DefaultMaxOpenConns},
+	}
+}
+
+// Validate reports every setting out of range, naming its key.
+func (s Settings) Validate() error {
+	errs := []error{s.Process.Validate()}
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &config.KeyError{Key: key, Err: fmt.Errorf(format, args...)})
+	}
+	if s.Simulator.DeclineOverMinor < 0 {
+		bad("simulator/decline_over_minor", "must be 0 (no limit) or more, got %d", s.Simulator.DeclineOverMinor)
+	}
+	for i, u := range s.Simulator.DeclineUsers {
+		if _, err := uuid.Parse(u); err != nil {
+			bad("simulator/decline_users", "entry %d must be a user id (a UUID), got %q", i, u)
+		}
+	}
+	if r := s.Simulator.FailureRate; math.IsNaN(r) || r < 0 || r > 1 {
+		bad("simulator/failure_rate", "must be 0 to 1, got %v", r)
+	}
+	if d := s.Simulator.Latency; d < 0 || d > maxLatency {
+		bad("simulator/latency", "must be 0 to %s, got %s", maxLatency, d)
+	}
+	if n := s.Database.MaxOpenConns; n < 1 || n > 1000 {
+		bad("database/max_open_conns", "must be 1 to 1000, got %d", n)
+	}
+	switch s.Database.Driver {
+	case database.DriverSQLite:
+		if s.Database.DataDir == "" {
+			bad("database/data_dir", "must be set for sqlite")
+		}
+	case database.DriverPostgres:
+	default:
+		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
+	}
+	return errors.Join(errs...)
+}
+
+// Service describes the payment service to [boot].
+func Service() boot.Service[Settings] {
+	return boot.Service[Settings]{
+		Name:     Name,
+		Meta:     map[string]string{"contract": "shop.payment.v1", "services": paymentv1connect.PaymentServiceName},
+		Defaults: DefaultSettings(),
+		Build:    build,
+	}
+}
+
+// process is the running payment service: its server, closing the store
+// once the server has drained.
+type process struct {
+	*server.Server
+	store *store.Store
+}
+
+func (p *process) Serve(ctx context.Context) error {
+	err := p.Server.Serve(ctx)
+	return errors.Join(err, p.store.Close())
+}
+
+// Close releases the listener and the store of a process that will not
+// serve.
+func (p *process) Close() error {
+	return errors.Join(p.Server.Close(), p.store.Close())
+}
+
+func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
+	settings := env.Config.Current()
+	db := database.Config{Driver: settings.Database.Driver, DataDir: settings.Database.DataDir, Name: Name}
+	if db.Driver == database.DriverPostgres {
+		dsn, _ := env.Secret(DatabaseDSNVar)
+		if dsn == "" {
+			return nil, fmt.Errorf("database/driver is postgres but %s is not set", DatabaseDSNVar)
+		}
+		db.DSN = dsn
+	}
+	st, err := store.Open(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("payment store: %w", err)
+	}
+	st.SetMaxOpenConns(settings.Database.MaxOpenConns)
+	sim := provider.NewSimulator(settings.Simulator.rules())
+	h, err := handler.New(st, sim, env.Logger)
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("payment handler: %w", err)
+	}
+	env.Config.OnChange(func(_, s Settings) { sim.SetRules(s.Simulator.rules()) })
+
+	srv := env.Server()
+	srv.Handle(paymentv1connect.NewPaymentServiceHandler(h, srv.HandlerOptions()...))
+	return &process{Server: srv, store: st}, nil
+}
