@@ -40,6 +40,9 @@ type Options struct {
 	TokenKey string
 	// Log receives every process's JSON logs. Default: discarded.
 	Log io.Writer
+	// Demo puts [DemoItems] in the catalogue once the services run, as
+	// `keel up` does.
+	Demo bool
 }
 
 // Platform is a running platform. Stop it by cancelling the context given
@@ -102,6 +105,12 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 			return fail(err)
 		}
 		p.services = append(p.services, r)
+	}
+
+	if opts.Demo {
+		if err := SeedDemo(ctx, opts.Backend.Resolver()); err != nil {
+			return fail(err)
+		}
 	}
 
 	e, err := Edge().Start(ctx, bootOpts(map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr}))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
 	"github.com/keelplatform/keel/internal/boot"
+	"github.com/keelplatform/keel/internal/cache"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/database"
 	"github.com/keelplatform/keel/internal/server"
@@ -38,6 +39,14 @@ type Settings struct {
 	// Database is where items and reservations are stored. Static.
 	// Default: SQLite under "data".
 	Database Database `yaml:"database" keel:"static"`
+	// Cache holds items read by GetItem: Redis when cache/redis_addr is
+	// set, process memory otherwise. Static. Defaults: see
+	// [cache.DefaultConfig].
+	Cache cache.Config `yaml:"cache" keel:"static"`
+	// ItemFilter sizes the filter of skus that exist, which turns away
+	// lookups of skus that cannot exist. Static. Defaults: see
+	// [cache.DefaultFilterConfig].
+	ItemFilter cache.FilterConfig `yaml:"item_filter" keel:"static"`
 }
 
 // Reservations says how long a reservation holds stock.
@@ -67,6 +76,8 @@ func DefaultSettings() Settings {
 		Process:      config.DefaultProcess(),
 		Reservations: Reservations{HoldFor: 15 * time.Minute, SweepEvery: 30 * time.Second},
 		Database:     Database{Driver: database.DriverSQLite, DataDir: "data"},
+		Cache:        cache.DefaultConfig(),
+		ItemFilter:   cache.DefaultFilterConfig(),
 	}
 }
 
@@ -91,6 +102,8 @@ func (s Settings) Validate() error {
 	default:
 		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
 	}
+	errs = append(errs, s.Cache.Validate("cache")...)
+	errs = append(errs, s.ItemFilter.Validate("item_filter")...)
 	return errors.Join(errs...)
 }
 
@@ -105,10 +118,11 @@ func Service() boot.Service[Settings] {
 }
 
 // process is the running inventory service: its server, the expiry sweep,
-// and the store, closed once the server has drained.
+// the item cache and the store, closed once the server has drained.
 type process struct {
 	*server.Server
 	store *store.Store
+	cache *cache.Cache
 	sweep *sweeper
 }
 
@@ -119,12 +133,14 @@ func (p *process) Serve(ctx context.Context) error {
 	err := p.Server.Serve(ctx)
 	stop()
 	<-done
+	p.cache.Close()
 	return errors.Join(err, p.store.Close())
 }
 
 // Close releases the listener and the store of a process that will not
 // serve.
 func (p *process) Close() error {
+	p.cache.Close()
 	return errors.Join(p.Server.Close(), p.store.Close())
 }
 
@@ -142,7 +158,21 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inventory store: %w", err)
 	}
-	h := handler.New(st, handler.Direct{Store: st}, settings.Reservations.HoldFor, env.Logger)
+	items, err := cache.New(ctx, settings.Cache, cache.Options{Name: "inventory:item", Metrics: env.Metrics, Logger: env.Logger})
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("inventory cache: %w", err)
+	}
+	filter, err := items.NewFilter("skus", settings.ItemFilter)
+	if err == nil {
+		err = filter.Rebuild(ctx, store.SKUs(ctx, st))
+	}
+	if err != nil {
+		items.Close()
+		_ = st.Close()
+		return nil, fmt.Errorf("inventory cache: sku filter: %w", err)
+	}
+	h := handler.New(st, handler.Cached{Store: st, Cache: items, Filter: filter, Logger: env.Logger}, settings.Reservations.HoldFor, env.Logger)
 	sw := &sweeper{store: st, every: settings.Reservations.SweepEvery, logger: env.Logger}
 	env.Config.OnChange(func(_, s Settings) {
 		h.SetHoldFor(s.Reservations.HoldFor)
@@ -150,7 +180,7 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	})
 	srv := env.Server()
 	srv.Handle(inventoryv1connect.NewInventoryServiceHandler(h, srv.HandlerOptions()...))
-	return &process{Server: srv, store: st, sweep: sw}, nil
+	return &process{Server: srv, store: st, cache: items, sweep: sw}, nil
 }
 
 // sweeper returns the stock of reservations that expired.

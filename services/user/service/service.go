@@ -13,10 +13,12 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/boot"
+	"github.com/keelplatform/keel/internal/cache"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/database"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/internal/shed"
+	"github.com/keelplatform/keel/services/user/internal/cached"
 	"github.com/keelplatform/keel/services/user/internal/handler"
 	"github.com/keelplatform/keel/services/user/internal/password"
 	"github.com/keelplatform/keel/services/user/internal/store"
@@ -48,6 +50,14 @@ type Settings struct {
 	PasswordHashing Hashing `yaml:"password_hashing"`
 	// Database is where accounts are stored. Static. Default: SQLite under "data".
 	Database Database `yaml:"database" keel:"static"`
+	// Cache holds users read by GetUser (never their password hashes):
+	// Redis when cache/redis_addr is set, process memory otherwise.
+	// Static. Defaults: see [cache.DefaultConfig].
+	Cache cache.Config `yaml:"cache" keel:"static"`
+	// UserFilter sizes the filter of user ids that exist, which turns away
+	// lookups of ids that cannot exist. Static. Defaults: see
+	// [cache.DefaultFilterConfig].
+	UserFilter cache.FilterConfig `yaml:"user_filter" keel:"static"`
 }
 
 // Hashing is an argon2id cost, and how many hashes may run at once.
@@ -89,7 +99,9 @@ func DefaultSettings() Settings {
 			MaxConcurrent: runtime.NumCPU(),
 			MaxWait:       200 * time.Millisecond,
 		},
-		Database: Database{Driver: database.DriverSQLite, DataDir: "data"},
+		Database:   Database{Driver: database.DriverSQLite, DataDir: "data"},
+		Cache:      cache.DefaultConfig(),
+		UserFilter: cache.DefaultFilterConfig(),
 	}
 }
 
@@ -126,6 +138,8 @@ func (s Settings) Validate() error {
 	default:
 		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
 	}
+	errs = append(errs, s.Cache.Validate("cache")...)
+	errs = append(errs, s.UserFilter.Validate("user_filter")...)
 	return errors.Join(errs...)
 }
 
@@ -139,21 +153,24 @@ func Service() boot.Service[Settings] {
 	}
 }
 
-// process is the running user service: its server, closing the store once
-// the server has drained.
+// process is the running user service: its server, closing the cache and
+// the store once the server has drained.
 type process struct {
 	*server.Server
 	store *store.Store
+	cache *cache.Cache
 }
 
 func (p *process) Serve(ctx context.Context) error {
 	err := p.Server.Serve(ctx)
+	p.cache.Close()
 	return errors.Join(err, p.store.Close())
 }
 
-// Close releases the listener and the store of a process that will not
-// serve.
+// Close releases the listener, the cache and the store of a process that
+// will not serve.
 func (p *process) Close() error {
+	p.cache.Close()
 	return errors.Join(p.Server.Close(), p.store.Close())
 }
 
@@ -186,8 +203,24 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 		_ = st.Close()
 		return nil, fmt.Errorf("user handler: %w", err)
 	}
-	h, err := handler.New(st, auth.Issuer{Key: []byte(key), TTL: settings.TokenTTL}, hashing, hashes, env.Logger)
+	users, err := cache.New(ctx, settings.Cache, cache.Options{Name: "user:user", Metrics: env.Metrics, Logger: env.Logger})
 	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("user cache: %w", err)
+	}
+	filter, err := users.NewFilter("ids", settings.UserFilter)
+	if err == nil {
+		err = filter.Rebuild(ctx, st.IDs(ctx))
+	}
+	if err != nil {
+		users.Close()
+		_ = st.Close()
+		return nil, fmt.Errorf("user cache: id filter: %w", err)
+	}
+	repo := cached.New(st, users, filter, env.Logger)
+	h, err := handler.New(repo, auth.Issuer{Key: []byte(key), TTL: settings.TokenTTL}, hashing, hashes, env.Logger)
+	if err != nil {
+		users.Close()
 		_ = st.Close()
 		return nil, fmt.Errorf("user handler: %w", err)
 	}
@@ -198,5 +231,5 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 
 	srv := env.Server()
 	srv.Handle(userv1connect.NewUserServiceHandler(h, srv.HandlerOptions()...))
-	return &process{Server: srv, store: st}, nil
+	return &process{Server: srv, store: st, cache: users}, nil
 }

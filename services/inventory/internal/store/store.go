@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"time"
 
@@ -184,14 +185,32 @@ func (s *Store) ListItems(ctx context.Context, size int, after string) ([]stock.
 	return items, more, nil
 }
 
-// AllSKUs returns the sku of every item, for the cache's filter of ids
-// that exist.
-func (s *Store) AllSKUs(ctx context.Context) ([]string, error) {
-	skus, err := s.client.Item.Query().IDs(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("store: list skus: %w", err)
+// SKUs yields the sku of every item, for the cache's filter of skus that
+// exist, reading them a page at a time.
+func SKUs(ctx context.Context, s *Store) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		after := ""
+		for {
+			q := s.client.Item.Query().Order(ent.Asc(item.FieldID)).Limit(1000)
+			if after != "" {
+				q = q.Where(item.IDGT(after))
+			}
+			ids, err := q.IDs(ctx)
+			if err != nil {
+				yield("", fmt.Errorf("store: list skus: %w", err))
+				return
+			}
+			for _, id := range ids {
+				if !yield(id, nil) {
+					return
+				}
+			}
+			if len(ids) < 1000 {
+				return
+			}
+			after = ids[len(ids)-1]
+		}
 	}
-	return skus, nil
 }
 
 // Reserve holds back stock for every line under the reservation id, all

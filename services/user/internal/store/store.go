@@ -5,6 +5,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"iter"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,6 +37,34 @@ func Open(ctx context.Context, cfg database.Config) (*Store, error) {
 		return nil, fmt.Errorf("store: migrate schema on %s: %w", db.Dialect(), err)
 	}
 	return &Store{db: db, client: ent.NewClient(ent.Driver(db.Driver()))}, nil
+}
+
+// IDs yields the id of every user, for the cache's filter of ids that
+// exist, reading them a page at a time.
+func (s *Store) IDs(ctx context.Context) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		var after *uuid.UUID
+		for {
+			q := s.client.User.Query().Order(ent.Asc(user.FieldID)).Limit(1000)
+			if after != nil {
+				q = q.Where(user.IDGT(*after))
+			}
+			ids, err := q.IDs(ctx)
+			if err != nil {
+				yield("", fmt.Errorf("store: list user ids: %w", err))
+				return
+			}
+			for _, id := range ids {
+				if !yield(id.String(), nil) {
+					return
+				}
+			}
+			if len(ids) < 1000 {
+				return
+			}
+			after = &ids[len(ids)-1]
+		}
+	}
 }
 
 // Close closes the database.
