@@ -25,7 +25,7 @@ import (
 func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags := flag.NewFlagSet("keel up", flag.ContinueOnError)
 	flags.SetOutput(stderr)
-	opts := platform.Options{Log: stderr}
+	opts := platform.Options{Log: stderr, Demo: true}
 	flags.StringVar(&opts.EdgeAddr, "addr", "", "address of the edge, the platform's front door (default: server/addr of consul/kv/ENV/edge.yaml, 127.0.0.1:8080 in local)")
 	flags.StringVar(&opts.DataDir, "data-dir", "", "directory of each service's SQLite file (default: database/data_dir of the service's settings, data in local)")
 	flags.StringVar(&opts.ConfigDir, "config-dir", "consul/kv", "directory of the configuration files <env>/<service>.yaml")
