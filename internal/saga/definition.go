@@ -34,6 +34,14 @@ type Step[S any] struct {
 	// retried until it succeeds. Nil when the step leaves nothing to
 	// undo.
 	Compensate func(ctx context.Context, x Exec, state *S) error
+	// Retriable marks a step after the saga's pivot, the step past which
+	// the saga should complete (in place-order, committing stock once the
+	// charge is taken): a transient failure of its action is retried
+	// until it succeeds, with the capped backoff of compensations, and
+	// never counts as a failure with unknown outcome, which would undo a
+	// step that may well have happened. A permanent failure (the
+	// reservation expired) still compensates the steps before it.
+	Retriable bool
 }
 
 // Exec describes one call of an action or a compensation.

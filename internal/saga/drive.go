@@ -202,7 +202,8 @@ func (d *driver[S]) checkState() error {
 // call runs the action of step i, or its compensation, with retries, and
 // returns the state it left (encoded), the attempts made and the last
 // error. An action is retried on transient errors up to the limits of
-// the options; a compensation on every error until the context ends.
+// the options (a [Step.Retriable] one until the context ends); a
+// compensation on every error until the context ends.
 func (d *driver[S]) call(i int, compensating bool) ([]byte, int, error) {
 	opts := d.o.opts
 	step := d.o.def.Steps[i]
@@ -214,11 +215,15 @@ func (d *driver[S]) call(i int, compensating bool) ([]byte, int, error) {
 	if compensating {
 		b = b.WithMaxRetries(-1).WithBackoff(opts.Backoff, opts.CompensationMaxBackoff)
 	} else {
-		b = b.HandleIf(func(_ []byte, err error) bool { return err != nil && !d.o.permanent(err) }).
-			WithMaxAttempts(opts.MaxAttempts).
-			WithBackoff(opts.Backoff, opts.MaxBackoff)
-		if opts.StepTimeout > 0 {
-			b = b.WithMaxDuration(opts.StepTimeout)
+		b = b.HandleIf(func(_ []byte, err error) bool { return err != nil && !d.o.permanent(err) })
+		switch {
+		case step.Retriable:
+			b = b.WithMaxRetries(-1).WithBackoff(opts.Backoff, opts.CompensationMaxBackoff)
+		default:
+			b = b.WithMaxAttempts(opts.MaxAttempts).WithBackoff(opts.Backoff, opts.MaxBackoff)
+			if opts.StepTimeout > 0 {
+				b = b.WithMaxDuration(opts.StepTimeout)
+			}
 		}
 	}
 	b = b.OnRetryScheduled(func(ev failsafe.ExecutionScheduledEvent[[]byte]) {

@@ -188,6 +188,44 @@ func TestExhaustedStepIsCompensatedToo(t *testing.T) {
 	}
 }
 
+func TestRetriableStepIsRetriedUntilItSucceeds(t *testing.T) {
+	// commit-stock comes after the charge: failing it for an unknown
+	// reason must not refund a sale whose stock may be committed. Six
+	// lost answers, twice the three attempts an ordinary step gets.
+	l := newLedger().fail("do:"+commit, first(6, lostBefore))
+	def := placeOrder(l)
+	def.Steps[2].Retriable = true
+	o := start(t, &saga.MemStore{}, def, options("a"))
+
+	out, err := o.Run(runCtx(t), "order-1", order{})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if out.Status != saga.Completed {
+		t.Fatalf("outcome %s %q, want completed", out.Status, out.Reason)
+	}
+	if n := l.callsOf(saga.ActionKey("order-1", commit)); n != 7 {
+		t.Errorf("commit called %d times, want 7", n)
+	}
+	l.check(t, "order-1", doReserve, doCharge, doCommit)
+}
+
+func TestRetriableStepFailingForGoodCompensates(t *testing.T) {
+	l := newLedger().fail("do:"+commit, always(declined))
+	def := placeOrder(l)
+	def.Steps[2].Retriable = true
+	o := start(t, &saga.MemStore{}, def, options("a"))
+
+	out, err := o.Run(runCtx(t), "order-1", order{})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if out.Status != saga.Compensated || out.Reason != commit+": declined" {
+		t.Errorf("outcome %s %q, want compensated %q", out.Status, out.Reason, commit+": declined")
+	}
+	l.check(t, "order-1", doReserve, doCharge, undoCharge, undoReserve)
+}
+
 func TestCompensationIsRetriedUntilItSucceeds(t *testing.T) {
 	// Seven calls, more than the actions' three attempts, a permanent
 	// error among them, and the effect applied at the fifth.
