@@ -310,15 +310,30 @@ func (s *Store) Commit(ctx context.Context, id string) (stock.Reservation, error
 }
 
 // Release gives a held reservation's stock back. Releasing a released
-// reservation does nothing, and so does releasing an id never reserved
-// (ok is false then), so a saga can always compensate; a committed one
-// is [stock.ErrWrongState].
+// reservation does nothing, so a saga can always compensate; a committed
+// one is [stock.ErrWrongState]. Releasing an id never reserved returns
+// ok false and fences the id: it is recorded released with no lines, so
+// a reservation with that id that arrives later (a request that was
+// still on its way when its saga gave up on it) holds nothing and is
+// refused as [stock.ErrConflict].
 func (s *Store) Release(ctx context.Context, id string) (r stock.Reservation, ok bool, err error) {
-	r, err = s.settle(ctx, id, stock.Released)
-	if errors.Is(err, stock.ErrNotFound) {
-		return stock.Reservation{}, false, nil
+	for {
+		r, err = s.settle(ctx, id, stock.Released)
+		if !errors.Is(err, stock.ErrNotFound) {
+			// A fence holds no lines: it was never a reservation.
+			return r, err == nil && len(r.Lines) > 0, err
+		}
+		t := now()
+		err = s.client.Reservation.Create().SetID(id).SetState(reservation.StateReleased).SetLines([]schema.Line{}).
+			SetExpireTime(t).SetCreateTime(t).SetUpdateTime(t).Exec(ctx)
+		if err == nil {
+			return stock.Reservation{}, false, nil
+		}
+		if !database.IsUniqueViolation(err) {
+			return stock.Reservation{}, false, fmt.Errorf("store: fence reservation %s: %w", id, err)
+		}
+		// A reservation with the id was made meanwhile: release it.
 	}
-	return r, err == nil, err
 }
 
 // settle moves a held reservation to final (committed or released) and

@@ -122,9 +122,17 @@ func TestReservationLifeCycle(t *testing.T) {
 			if _, _, err := s.Release(ctx, "order-1"); !errors.Is(err, stock.ErrWrongState) {
 				t.Fatalf("releasing a committed reservation: %v", err)
 			}
-			if _, ok, err := s.Release(ctx, "never-reserved"); ok || err != nil {
-				t.Fatalf("releasing an unknown id: %v %v", ok, err)
+			for range 2 {
+				if _, ok, err := s.Release(ctx, "never-reserved"); ok || err != nil {
+					t.Fatalf("releasing an unknown id: %v %v", ok, err)
+				}
 			}
+			// The release fenced the id: a reservation arriving late
+			// holds nothing.
+			if _, err := s.Reserve(ctx, "never-reserved", []stock.Line{{SKU: "A", Quantity: 1}}, expire); !errors.Is(err, stock.ErrConflict) {
+				t.Fatalf("reserving a fenced id: %v, want ErrConflict", err)
+			}
+			check("A", 7, 0, 3)
 			if _, err := s.Reserve(ctx, "order-4", []stock.Line{{SKU: "A", Quantity: 2}}, expire); err != nil {
 				t.Fatal(err)
 			}

@@ -667,7 +667,8 @@ export const InventoryService: GenService<{
   /**
    * ReleaseReservation returns reserved stock. Releasing twice, or releasing
    * an id that was never reserved, is a no-op, so a saga can always
-   * compensate.
+   * compensate. Releasing an unknown id also fences it: a ReserveStock with
+   * that id arriving later holds nothing and is refused (invalid_argument).
    *
    * @generated from rpc shop.inventory.v1.InventoryService.ReleaseReservation
    */

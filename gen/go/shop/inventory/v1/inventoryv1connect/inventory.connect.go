@@ -77,7 +77,8 @@ type InventoryServiceClient interface {
 	CommitReservation(context.Context, *connect.Request[v1.CommitReservationRequest]) (*connect.Response[v1.CommitReservationResponse], error)
 	// ReleaseReservation returns reserved stock. Releasing twice, or releasing
 	// an id that was never reserved, is a no-op, so a saga can always
-	// compensate.
+	// compensate. Releasing an unknown id also fences it: a ReserveStock with
+	// that id arriving later holds nothing and is refused (invalid_argument).
 	ReleaseReservation(context.Context, *connect.Request[v1.ReleaseReservationRequest]) (*connect.Response[v1.ReleaseReservationResponse], error)
 }
 
@@ -209,7 +210,8 @@ type InventoryServiceHandler interface {
 	CommitReservation(context.Context, *connect.Request[v1.CommitReservationRequest]) (*connect.Response[v1.CommitReservationResponse], error)
 	// ReleaseReservation returns reserved stock. Releasing twice, or releasing
 	// an id that was never reserved, is a no-op, so a saga can always
-	// compensate.
+	// compensate. Releasing an unknown id also fences it: a ReserveStock with
+	// that id arriving later holds nothing and is refused (invalid_argument).
 	ReleaseReservation(context.Context, *connect.Request[v1.ReleaseReservationRequest]) (*connect.Response[v1.ReleaseReservationResponse], error)
 }
 
