@@ -1,6 +1,7 @@
 // Package testkit holds what Keel's tests share when they talk to real
 // servers on loopback: an h2c client, a log buffer safe for concurrent
-// writers, and a Prometheus scrape.
+// writers, a Prometheus scrape, and Keel binaries built and run as their
+// own processes (to be killed by crash tests).
 package testkit
 
 import (

@@ -17,6 +17,7 @@ import (
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/database"
+	"github.com/keelplatform/keel/internal/drill"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/services/payment/internal/handler"
 	"github.com/keelplatform/keel/services/payment/internal/provider"
@@ -178,7 +179,8 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	}
 	st.SetMaxOpenConns(settings.Database.MaxOpenConns)
 	sim := provider.NewSimulator(settings.Simulator.rules())
-	h, err := handler.New(st, sim, env.Logger)
+	crashAt, _ := env.Secret(drill.Var) // crash tests only
+	h, err := handler.New(st, sim, env.Logger, handler.WithCrashDrill(drill.At(crashAt)))
 	if err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("payment handler: %w", err)

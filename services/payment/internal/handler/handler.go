@@ -51,13 +51,36 @@ type Handler struct {
 	payments ledger.Repository
 	provider provider.Provider
 	logger   *slog.Logger
+	crash    func(point string)
+}
+
+// The points of Charge at which a crash drill (internal/drill) may kill
+// the process, to show that no money is lost or taken twice whenever the
+// payment service dies.
+const (
+	// CrashAfterProvider: the provider took the money; nothing is
+	// recorded and no answer sent. A retry with the key charges the
+	// provider again (which takes the money once per key) and records it.
+	CrashAfterProvider = "charge:after-provider"
+	// CrashAfterCapture: the charge and its ledger entry are recorded;
+	// no answer sent. A retry with the key is answered from the record.
+	CrashAfterCapture = "charge:after-capture"
+)
+
+// Option configures a [Handler].
+type Option func(*Handler)
+
+// WithCrashDrill calls crash at each of the Crash* points, for crash
+// tests: see internal/drill.
+func WithCrashDrill(crash func(point string)) Option {
+	return func(h *Handler) { h.crash = crash }
 }
 
 var _ paymentv1connect.PaymentServiceHandler = (*Handler)(nil)
 
 // New returns a Handler recording payments in payments, charging through
 // p and logging internal errors to logger.
-func New(payments ledger.Repository, p provider.Provider, logger *slog.Logger) (*Handler, error) {
+func New(payments ledger.Repository, p provider.Provider, logger *slog.Logger, opts ...Option) (*Handler, error) {
 	if payments == nil {
 		return nil, errors.New("handler: nil ledger repository")
 	}
@@ -67,7 +90,11 @@ func New(payments ledger.Repository, p provider.Provider, logger *slog.Logger) (
 	if logger == nil {
 		return nil, errors.New("handler: nil logger")
 	}
-	return &Handler{payments: payments, provider: p, logger: logger}, nil
+	h := &Handler{payments: payments, provider: p, logger: logger, crash: func(string) {}}
+	for _, o := range opts {
+		o(h)
+	}
+	return h, nil
 }
 
 // Charge implements [paymentv1connect.PaymentServiceHandler.Charge].
@@ -111,6 +138,7 @@ func (h *Handler) Charge(ctx context.Context, req *connect.Request[paymentv1.Cha
 
 	// The provider took the money: record it even if the caller has gone
 	// meanwhile, so the ledger does not miss it.
+	h.crash(CrashAfterProvider)
 	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
 	p, err := h.payments.Capture(recordCtx, c)
@@ -123,6 +151,7 @@ func (h *Handler) Charge(ctx context.Context, req *connect.Request[paymentv1.Cha
 		// money at most once per key, and records it then.
 		return nil, h.internal(ctx, req.Spec(), err)
 	}
+	h.crash(CrashAfterCapture)
 	return connect.NewResponse(&paymentv1.ChargeResponse{Payment: toProto(p)}), nil
 }
 
