@@ -24,7 +24,6 @@ import (
 	paymentservice "github.com/keelplatform/keel/services/payment/service"
 )
 
-
 // memoryBackend is the static backend with a KV layer held in memory.
 type memoryBackend struct {
 	boot.Static
