@@ -40,8 +40,8 @@ type Settings struct {
 	// Default: SQLite under "data".
 	Database Database `yaml:"database" keel:"static"`
 	// Cache holds items read by GetItem: Redis when cache/redis_addr is
-	// set, process memory otherwise. Static. Defaults: see
-	// [cache.DefaultConfig].
+	// set, process memory otherwise, nowhere when cache/enabled is false.
+	// Static. Defaults: see [cache.DefaultConfig].
 	Cache cache.Config `yaml:"cache" keel:"static"`
 	// ItemFilter sizes the filter of skus that exist, which turns away
 	// lookups of skus that cannot exist. Static. Defaults: see
@@ -172,8 +172,9 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 		_ = st.Close()
 		return nil, fmt.Errorf("inventory cache: sku filter: %w", err)
 	}
-	h := handler.New(st, handler.Cached{Store: st, Cache: items, Filter: filter, Logger: env.Logger}, settings.Reservations.HoldFor, env.Logger)
-	sw := &sweeper{store: st, every: settings.Reservations.SweepEvery, logger: env.Logger}
+	cached := handler.Cached{Store: st, Cache: items, Filter: filter, Logger: env.Logger}
+	h := handler.New(st, cached, settings.Reservations.HoldFor, env.Logger)
+	sw := &sweeper{store: st, items: cached, every: settings.Reservations.SweepEvery, reset: make(chan struct{}, 1), logger: env.Logger}
 	env.Config.OnChange(func(_, s Settings) {
 		h.SetHoldFor(s.Reservations.HoldFor)
 		sw.setEvery(s.Reservations.SweepEvery)
@@ -183,21 +184,31 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	return &process{Server: srv, store: st, cache: items, sweep: sw}, nil
 }
 
-// sweeper returns the stock of reservations that expired.
+// sweeper returns the stock of reservations that expired, and tells the
+// item cache of the items whose stock it changed.
 type sweeper struct {
 	store  *store.Store
+	items  handler.Items
 	logger interface {
 		Warn(msg string, args ...any)
 		Info(msg string, args ...any)
 	}
 	mu    sync.Mutex
 	every time.Duration
+	reset chan struct{} // wakes a wait begun under the old period
 }
 
 func (s *sweeper) setEvery(d time.Duration) {
 	s.mu.Lock()
+	changed := s.every != d
 	s.every = d
 	s.mu.Unlock()
+	if changed {
+		select {
+		case s.reset <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (s *sweeper) run(ctx context.Context) {
@@ -205,17 +216,27 @@ func (s *sweeper) run(ctx context.Context) {
 		s.mu.Lock()
 		every := s.every
 		s.mu.Unlock()
+		t := time.NewTimer(every)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
-		case <-time.After(every):
+		case <-s.reset:
+			t.Stop()
+			continue // wait again, under the new period
+		case <-t.C:
 		}
-		n, err := s.store.ExpireBefore(ctx, time.Now())
-		switch {
-		case err != nil && ctx.Err() == nil:
+		expired, err := s.store.ExpireBefore(ctx, time.Now())
+		for _, r := range expired {
+			for _, l := range r.Lines {
+				s.items.Changed(ctx, l.SKU)
+			}
+		}
+		if err != nil && ctx.Err() == nil {
 			s.logger.Warn("expiring reservations", "error", err.Error())
-		case n > 0:
-			s.logger.Info("expired reservations released", "count", n)
+		}
+		if len(expired) > 0 {
+			s.logger.Info("expired reservations released", "count", len(expired))
 		}
 	}
 }

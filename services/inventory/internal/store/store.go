@@ -391,20 +391,23 @@ func (s *Store) settle(ctx context.Context, id string, final stock.State) (stock
 var errNotHeld = errors.New("reservation not held")
 
 // ExpireBefore releases the held reservations whose time ran out before t
-// and returns how many it released.
-func (s *Store) ExpireBefore(ctx context.Context, t time.Time) (int, error) {
+// and returns those it released (a reservation settled meanwhile by its
+// caller is left out).
+func (s *Store) ExpireBefore(ctx context.Context, t time.Time) ([]stock.Reservation, error) {
 	ids, err := s.client.Reservation.Query().
 		Where(reservation.StateEQ(reservation.StateHeld), reservation.ExpireTimeLT(t.UTC())).
 		Limit(500).IDs(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("store: find expired reservations: %w", err)
+		return nil, fmt.Errorf("store: find expired reservations: %w", err)
 	}
-	released := 0
+	var released []stock.Reservation
 	for _, id := range ids {
-		if _, ok, err := s.Release(ctx, id); err != nil && !errors.Is(err, stock.ErrWrongState) {
+		r, ok, err := s.Release(ctx, id)
+		switch {
+		case err != nil && !errors.Is(err, stock.ErrWrongState):
 			return released, err
-		} else if ok {
-			released++
+		case ok:
+			released = append(released, r)
 		}
 	}
 	return released, nil

@@ -165,9 +165,9 @@ func TestExpiredReservationsReturnTheirStock(t *testing.T) {
 			if _, err := s.Reserve(ctx, "kept", []stock.Line{{SKU: "E", Quantity: 1}}, time.Now().Add(time.Hour)); err != nil {
 				t.Fatal(err)
 			}
-			n, err := s.ExpireBefore(ctx, time.Now())
-			if err != nil || n != 1 {
-				t.Fatalf("expired %d, %v; want 1", n, err)
+			expired, err := s.ExpireBefore(ctx, time.Now())
+			if err != nil || len(expired) != 1 || expired[0].ID != "gone" || len(expired[0].Lines) != 1 {
+				t.Fatalf("expired %+v, %v; want the reservation gone", expired, err)
 			}
 			it, _ := s.GetItem(ctx, "E")
 			if it.Available != 4 || it.Reserved != 1 {
