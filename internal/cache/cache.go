@@ -42,8 +42,9 @@ type Options struct {
 
 // Cache is a read-through cache of byte values by string key, in front
 // of a loader: in Redis with client-side caching when Config.RedisAddr is
-// set, else in process memory. It is safe for concurrent use. Create it
-// with [New] and release it with [Cache.Close].
+// set, else in process memory, or nowhere when Config.Enabled is false.
+// It is safe for concurrent use. Create it with [New] and release it with
+// [Cache.Close].
 type Cache struct {
 	name    string
 	cfg     Config
@@ -122,9 +123,12 @@ func New(ctx context.Context, cfg Config, opts Options) (*Cache, error) {
 		return nil, err
 	}
 	c.metrics = m
-	if cfg.RedisAddr == "" {
+	switch {
+	case !cfg.Enabled:
+		c.store = offStore{}
+	case cfg.RedisAddr == "":
 		c.store = newMemStore(cfg, m)
-	} else {
+	default:
 		c.store = newRedisStore(ctx, cfg, opts.Name, m, c.log)
 	}
 	return c, nil
@@ -147,8 +151,14 @@ func (c *Cache) Close() {
 // sharing Redis. Redis being slow or down never fails Get: the read goes
 // to load. Get returns load's errors, [ErrNotFound] for a key that does
 // not exist, or ctx's error when ctx ends first. The returned slice
-// belongs to the caller.
+// belongs to the caller. A cache turned off (Config.Enabled false) calls
+// load every time.
 func (c *Cache) Get(ctx context.Context, key string, load Loader) ([]byte, error) {
+	if !c.cfg.Enabled {
+		// Every read loads, even concurrent reads of one key.
+		c.metrics.misses.Inc()
+		return c.load(ctx, key, load).result()
+	}
 	e, st := c.store.lookup(ctx, key)
 	if st == found {
 		return e.result()

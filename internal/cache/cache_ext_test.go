@@ -958,3 +958,58 @@ func TestMetricsRegistration(t *testing.T) {
 	}
 	c2.Close()
 }
+
+// TestDisabledCacheAlwaysLoads: with enabled false every read reaches the
+// loader, values and "does not exist" alike; filters let every id
+// through without reading the ids; and Redis, even when set, is never
+// written.
+func TestDisabledCacheAlwaysLoads(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			reg := prometheus.NewRegistry()
+			c := b.cache(t, func(cfg *cache.Config) { cfg.Enabled = false }, reg)
+			s := newSource()
+			s.set("a", "1")
+			for i := range 3 {
+				if v := get(t, c, s, "a"); v != "1" {
+					t.Fatalf("read %d: %q", i, v)
+				}
+			}
+			if n := s.loads.Load(); n != 3 {
+				t.Fatalf("%d loads for 3 reads, want 3", n)
+			}
+			if err := c.Invalidate(context.Background(), "a"); err != nil {
+				t.Fatal(err)
+			}
+
+			f, err := c.NewFilter("ids", cache.DefaultFilterConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			readIDs := false
+			err = f.Rebuild(context.Background(), func(yield func(string, error) bool) { readIDs = true; yield("a", nil) })
+			if err != nil || readIDs {
+				t.Fatalf("Rebuild: %v, read the ids: %v", err, readIDs)
+			}
+			for range 2 {
+				if _, err := c.GetChecked(context.Background(), f, "absent", s.loader("absent")); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("GetChecked(absent) = %v, want ErrNotFound", err)
+				}
+			}
+			if n := s.loads.Load(); n != 5 {
+				t.Fatalf("%d loads after 2 reads of an absent id, want 5: the filter or a negative entry answered", n)
+			}
+			if got := metric(t, reg, "keel_cache_loads_total", "cache", "test"); got != 5 {
+				t.Fatalf("keel_cache_loads_total = %v, want 5", got)
+			}
+			if b.redis != nil {
+				rc := redisClient(t, b.redis)
+				n, err := rc.Do(context.Background(), rc.B().Dbsize().Build()).AsInt64()
+				if err != nil || n != 0 {
+					t.Fatalf("Redis holds %d keys (%v), want none", n, err)
+				}
+			}
+		})
+	}
+}

@@ -22,6 +22,10 @@ import (
 // username and password never come from here but from the environment
 // (KEEL_REDIS_USERNAME, KEEL_REDIS_PASSWORD).
 type Config struct {
+	// Enabled false turns the cache off: every read goes to the loader,
+	// nothing is kept, filters let every id through and are not built,
+	// and Redis is not used. Default true.
+	Enabled bool `yaml:"enabled"`
 	// RedisAddr is the host:port of the Redis 7 server. Empty keeps every
 	// entry in process memory instead (the embedded default).
 	// Default "".
@@ -94,6 +98,7 @@ type FilterConfig struct {
 // memory, since RedisAddr is empty.
 func DefaultConfig() Config {
 	return Config{
+		Enabled:       true,
 		KeyPrefix:     "keel:",
 		TTL:           5 * time.Minute,
 		Jitter:        0.1,

@@ -14,7 +14,9 @@
 //
 // Without Redis (redis_addr empty, the embedded default) the cache keeps
 // its entries in process memory, bounded by local_max_bytes, with the
-// same behaviour otherwise.
+// same behaviour otherwise. With enabled false it keeps nothing: every
+// read goes to the loader, and filters let every id through (to measure
+// what the cache saves, or to rule it out while chasing a stale read).
 //
 // The usual failure modes of a cache in front of a database are handled
 // here, so a service does not have to:

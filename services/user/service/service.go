@@ -51,8 +51,9 @@ type Settings struct {
 	// Database is where accounts are stored. Static. Default: SQLite under "data".
 	Database Database `yaml:"database" keel:"static"`
 	// Cache holds users read by GetUser (never their password hashes):
-	// Redis when cache/redis_addr is set, process memory otherwise.
-	// Static. Defaults: see [cache.DefaultConfig].
+	// Redis when cache/redis_addr is set, process memory otherwise,
+	// nowhere when cache/enabled is false. Static. Defaults: see
+	// [cache.DefaultConfig].
 	Cache cache.Config `yaml:"cache" keel:"static"`
 	// UserFilter sizes the filter of user ids that exist, which turns away
 	// lookups of ids that cannot exist. Static. Defaults: see
