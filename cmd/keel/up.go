@@ -18,6 +18,7 @@ import (
 
 	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/consul"
+	"github.com/keelplatform/keel/internal/cache/redistest"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/jaegertest"
 )
@@ -34,6 +35,8 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	consulDir := flags.String("consul-dir", ".keel/consul", "where the dev agent started by --consul keeps its files")
 	tracing := flags.Bool("tracing", false, "run a local Jaeger (UI on 127.0.0.1:16686, OTLP/HTTP on 127.0.0.1:4318 unless taken) and send every process's traces to it")
 	jaegerDir := flags.String("jaeger-dir", ".keel/jaeger", "where the Jaeger started by --tracing keeps its configuration and log")
+	useRedis := flags.Bool("redis", false, "cache in Redis: the server at "+redisAddrVar+", or a local redis-server (on 127.0.0.1:6379 unless taken, nothing persisted) run until keel up ends")
+	redisDir := flags.String("redis-dir", ".keel/redis", "where the redis-server started by --redis keeps its log and pid file")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -61,6 +64,29 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}()
 		defer setTracingEnv(j, stderr)()
 		tracingLine = fmt.Sprintf("  tracing: Jaeger UI at %s (OTLP/HTTP at %s)\n", j.UIURL(), j.OTLPEndpoint())
+	}
+	cacheLine := ""
+	if *useRedis {
+		if addr := os.Getenv(redisAddrVar); addr != "" {
+			// The services read it themselves, as every setting's variable.
+			cacheLine = fmt.Sprintf("  cache: Redis at %s (%s)\n", addr, redisAddrVar)
+		} else {
+			// The install script sits at the root of the tree the
+			// configuration files belong to: <root>/scripts/test-deps.sh.
+			root := filepath.Dir(filepath.Dir(filepath.Clean(opts.ConfigDir)))
+			r, err := startRedis(filepath.Join(root, "scripts", "test-deps.sh"), *redisDir, stderr)
+			if err != nil {
+				return err
+			}
+			// Deferred before the platform starts, so it runs once every
+			// process has stopped using Redis.
+			defer func() {
+				r.Stop()
+				fmt.Fprintf(stderr, "keel: redis-server stopped\n")
+			}()
+			opts.RedisAddr = r.Addr()
+			cacheLine = fmt.Sprintf("  cache: Redis at %s (redis-server, files in %s)\n", r.Addr(), *redisDir)
+		}
 	}
 	discovery := "embedded static registry"
 	if *useConsul {
@@ -91,14 +117,14 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 Keel is up in %s: edge at %s
   environment: %s, discovery: %s
   services: %s
-%s
+%s%s
 Try:
   curl -s -X POST %s/shop.user.v1.UserService/Register \
     -H 'Content-Type: application/json' \
     -d '{"email":"ada@example.com","password":"correct horse","displayName":"Ada"}'
 
 Ctrl-C stops everything.
-`, time.Since(began).Round(time.Millisecond), url, env, discovery, strings.Join(p.Services(), ", "), tracingLine, url)
+`, time.Since(began).Round(time.Millisecond), url, env, discovery, strings.Join(p.Services(), ", "), cacheLine, tracingLine, url)
 	return p.Wait()
 }
 
@@ -152,6 +178,51 @@ func connectConsul(ctx context.Context, script, dir string, stderr io.Writer) (*
 		return nil, "", nil, err
 	}
 	return client, cfg.Addr, stop, nil
+}
+
+// redisAddrVar is the variable of the services' cache/redis_addr
+// setting: when it is set, --redis uses that Redis and starts none.
+const redisAddrVar = "KEEL_CACHE_REDIS_ADDR"
+
+// redisAddr is where --redis runs redis-server when the port is free:
+// Redis's usual port, which redis-cli and other tools expect.
+const redisAddr = "127.0.0.1:6379"
+
+// startRedis starts redis-server for keel up --redis: the binary
+// redistest.Binary finds, on 127.0.0.1:6379 if free and a free port
+// otherwise, nothing persisted, its log and pid file in dir. When there is
+// no redis-server it says to run installScript (scripts/test-deps.sh).
+func startRedis(installScript, dir string, stderr io.Writer) (*redistest.Redis, error) {
+	bin, err := redistest.Binary()
+	if err != nil {
+		return nil, fmt.Errorf("--redis needs redis-server (Redis 7 or newer): %w; install it with %s (as root: it runs apt-get install redis-server), or set %s to a redis-server binary",
+			err, installScript, redistest.BinEnv)
+	}
+	fallback, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	addr := pickAddr(redisAddr, fallback)
+	if addr != redisAddr {
+		fmt.Fprintf(stderr, "keel: %s is taken; redis-server is on %s instead\n", redisAddr, addr)
+	}
+	fmt.Fprintf(stderr, "keel: starting redis-server on %s (files in %s)\n", addr, dir)
+	r, err := redistest.Run(bin, dir, addr)
+	if err != nil {
+		return nil, fmt.Errorf("start redis-server: %w", err)
+	}
+	fmt.Fprintf(stderr, "keel: redis-server is up (pid %d)\n", r.Pid())
+	return r, nil
+}
+
+// freeLoopbackAddr returns a host:port on 127.0.0.1 that is free now.
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
 
 // Jaeger's ports for a developer: its usual ones, which a browser bookmark

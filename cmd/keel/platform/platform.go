@@ -35,6 +35,9 @@ type Options struct {
 	EdgeAddr string
 	// DataDir, when set, overrides the services' database/data_dir setting.
 	DataDir string
+	// RedisAddr, when set, overrides the services' cache/redis_addr
+	// setting: their caches keep entries in that Redis.
+	RedisAddr string
 	// TokenKey signs login tokens; at least 32 bytes. Default: KEEL_TOKEN_KEY,
 	// or a random key per start, so tokens do not outlive the platform.
 	TokenKey string
@@ -99,6 +102,7 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	for _, svc := range Services() {
 		r, err := svc.Start(servicesCtx, bootOpts(map[string]string{
 			"KEEL_DATABASE_DATA_DIR": opts.DataDir,
+			"KEEL_CACHE_REDIS_ADDR":  opts.RedisAddr,
 			userservice.TokenKeyVar:  opts.TokenKey,
 		}))
 		if err != nil {

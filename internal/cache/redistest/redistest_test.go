@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -63,23 +64,81 @@ func TestHelperNoRedis(t *testing.T) {
 func TestKillRestartPause(t *testing.T) {
 	t.Parallel()
 	s := Start(t)
-	if err := ping(s.Addr()); err != nil {
+	if err := Ping(s.Addr()); err != nil {
 		t.Fatalf("after Start: %v", err)
 	}
 	s.Kill()
-	if err := ping(s.Addr()); err == nil {
+	if err := Ping(s.Addr()); err == nil {
 		t.Fatal("after Kill: PING still answered")
 	}
 	s.Restart()
-	if err := ping(s.Addr()); err != nil {
+	if err := Ping(s.Addr()); err != nil {
 		t.Fatalf("after Restart: %v", err)
 	}
 	s.Pause()
-	if err := ping(s.Addr()); err == nil {
+	if err := Ping(s.Addr()); err == nil {
 		t.Fatal("after Pause: PING answered")
 	}
 	s.Resume()
-	if err := ping(s.Addr()); err != nil {
+	if err := Ping(s.Addr()); err != nil {
 		t.Fatalf("after Resume: %v", err)
+	}
+}
+
+// TestRunOnATakenAddressFails: Run waits for the server it started, not
+// for any server on the address, so a port another redis-server holds
+// is an error, and that other server is left alone.
+func TestRunOnATakenAddressFails(t *testing.T) {
+	t.Parallel()
+	other := Start(t)
+	bin, err := Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Run(bin, t.TempDir(), other.Addr())
+	if err == nil {
+		r.Stop()
+		t.Fatalf("Run on %s, which another server holds, succeeded", other.Addr())
+	}
+	if !strings.Contains(err.Error(), "Address already in use") && !strings.Contains(err.Error(), "another redis-server") {
+		t.Fatalf("the error does not say the address is taken: %v", err)
+	}
+	if err := Ping(other.Addr()); err != nil {
+		t.Fatalf("the other server no longer answers: %v", err)
+	}
+}
+
+// TestRunAndStop runs a server as `keel up --redis` does, with its files
+// under a relative directory, and stops it.
+func TestRunAndStop(t *testing.T) {
+	t.Chdir(t.TempDir())
+	bin, err := Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Run(bin, filepath.Join(".keel", "redis"), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Ping(r.Addr()); err != nil {
+		r.Stop()
+		t.Fatalf("after Run: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(".keel", "redis", "redis.log")); err != nil {
+		r.Stop()
+		t.Fatalf("no log where it was asked for: %v", err)
+	}
+	r.Stop()
+	select {
+	case <-r.Exited():
+	default:
+		t.Fatal("Stop returned before the server exited")
+	}
+	if err := Ping(addr); err == nil {
+		t.Fatal("after Stop: PING still answered")
 	}
 }
