@@ -127,6 +127,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Cache, error) {
 	case !cfg.Enabled:
 		c.store = offStore{}
 	case cfg.RedisAddr == "":
+		// Nothing tells this process of another's writes: right for one
+		// instance (keel up), stale reads for several.
+		c.log.Info("cache in process memory: correct while this is the service's only instance; with several, set cache/redis_addr or cache/enabled false")
 		c.store = newMemStore(cfg, m)
 	default:
 		c.store = newRedisStore(ctx, cfg, opts.Name, m, c.log)

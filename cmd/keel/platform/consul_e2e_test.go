@@ -27,6 +27,7 @@ import (
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/boot"
+	"github.com/keelplatform/keel/internal/cache/redistest"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/pgtest"
 	"github.com/keelplatform/keel/internal/testkit"
@@ -315,7 +316,11 @@ func (l *load) finish(t *testing.T, phase string) {
 func TestTwoInstancesThroughConsul(t *testing.T) {
 	agent := consultest.Start(t)
 	dsn := pgtest.Start(t)
-	shared := []string{"KEEL_DATABASE_DRIVER=postgres", "KEEL_DATABASE_DSN=" + dsn, "KEEL_SERVER_DRAIN_DELAY=500ms"}
+	// Two instances share one database and, as several instances must,
+	// one Redis for their cache: a user registered through one is found
+	// through the other.
+	shared := []string{"KEEL_DATABASE_DRIVER=postgres", "KEEL_DATABASE_DSN=" + dsn, "KEEL_SERVER_DRAIN_DELAY=500ms",
+		"KEEL_CACHE_REDIS_ADDR=" + redistest.Start(t).Addr()}
 	a := startUserProcess(t, agent, shared...)
 	b := startUserProcess(t, agent, shared...)
 	waitFor(t, "both instances passing", 10*time.Second, func() bool { return len(passing(t, agent.Client(), "user")) == 2 })
@@ -323,7 +328,12 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 	edgeURL := front.url
 
 	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC())
-	reg, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "two@example.com", Password: "correct horse", DisplayName: "Two"}))
+	// Register on an instance directly: a call that hashes a password
+	// takes far longer than a GetUser, and the balancer, weighing
+	// instances by their recent latency whatever the method, would then
+	// keep the GetUser calls off the instance that served it for a while.
+	direct := userv1connect.NewUserServiceClient(testkit.H2CClient(), "http://"+a.addr, connect.WithGRPC())
+	reg, err := direct.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{Email: "two@example.com", Password: "correct horse", DisplayName: "Two"}))
 	if err != nil {
 		t.Fatal(err)
 	}
