@@ -1,7 +1,6 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,14 +36,17 @@ import (
 	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
-// binary is the order service built as its own binary, for the crash
-// drill test.
-var binary string
+// binary and paymentBinary are the order and the payment service built
+// as their own binaries, for the crash tests.
+var binary, paymentBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "keel-order-bin-")
 	if err == nil {
 		binary, err = testkit.Build(dir, "github.com/keelplatform/keel/services/order")
+	}
+	if err == nil {
+		paymentBinary, err = testkit.Build(dir, "github.com/keelplatform/keel/services/payment")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -86,9 +88,12 @@ type shop struct {
 	// orderEnv is the order service's environment.
 	orderEnv map[string]string
 	orders   orderv1connect.OrderServiceClient
-	logs     *logSink
+	logs     *testkit.Buffer
 	// peers are the peers' addresses, in the form of KEEL_PEERS.
 	peers string
+	// inventoryData and paymentData hold the SQLite files of the
+	// inventory and the payment service, for audits of their books.
+	inventoryData, paymentData string
 }
 
 // newShop starts the peers and an order service on driver.
@@ -103,14 +108,15 @@ func newShop(t *testing.T, driver string) *shop {
 // the environment of an order service on driver, which it does not start.
 func newPeers(t *testing.T, driver string) *shop {
 	t.Helper()
-	s := &shop{t: t, registry: discovery.NewStatic(), logs: &logSink{}}
+	s := &shop{t: t, registry: discovery.NewStatic(), logs: &testkit.Buffer{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("order service logs:\n%s", s.logs.String())
 		}
 	})
 
-	inventoryAddr := startService(t, inventoryservice.Service(), s.registry, io.Discard, nil)
+	s.inventoryData, s.paymentData = t.TempDir(), t.TempDir()
+	inventoryAddr := startService(t, inventoryservice.Service(), s.registry, io.Discard, map[string]string{"KEEL_DATABASE_DATA_DIR": s.inventoryData})
 	s.items = inventoryv1connect.NewInventoryServiceClient(http.DefaultClient, "http://"+inventoryAddr)
 	userAddr := startService(t, userservice.Service(), s.registry, io.Discard, map[string]string{
 		userservice.TokenKeyVar:                "order-service-test-signing-key-0123456789",
@@ -122,6 +128,7 @@ func newPeers(t *testing.T, driver string) *shop {
 	// order service reaches it through the recorder.
 	paymentAddr := startService(t, paymentservice.Service(), discovery.NewStatic(), io.Discard, map[string]string{
 		"KEEL_SIMULATOR_DECLINE_OVER_MINOR": fmt.Sprint(declineOverMinor),
+		"KEEL_DATABASE_DATA_DIR":            s.paymentData,
 	})
 	s.payments = paymentv1connect.NewPaymentServiceClient(http.DefaultClient, "http://"+paymentAddr)
 	var recorderAddr string
@@ -410,22 +417,4 @@ func (r *recorder) calls() (charges, declined int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.charges, r.declined
-}
-
-// logSink collects a process's logs, shown when a test fails.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

@@ -19,8 +19,8 @@ import (
 	"github.com/keelplatform/keel/internal/drill"
 	"github.com/keelplatform/keel/internal/pgtest"
 	"github.com/keelplatform/keel/internal/testkit"
-	"github.com/keelplatform/keel/services/payment/internal/handler"
 	"github.com/keelplatform/keel/services/payment/internal/store"
+	paymentservice "github.com/keelplatform/keel/services/payment/service"
 )
 
 // binary is the payment service built as its own binary, for the crash
@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 // key, as the order saga does: the ledger ends with the charge exactly
 // once, and every retry answers with the same payment.
 func TestChargeSurvivesACrash(t *testing.T) {
-	for _, point := range []string{handler.CrashAfterProvider, handler.CrashAfterCapture} {
+	for _, point := range paymentservice.CrashPoints {
 		t.Run(point, func(t *testing.T) {
 			data := t.TempDir()
 			env := []string{

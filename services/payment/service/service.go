@@ -33,6 +33,12 @@ const Name = "payment"
 // database/driver is postgres.
 const DatabaseDSNVar = "KEEL_DATABASE_DSN"
 
+// CrashPoints are the points of a charge at which the crash drill of
+// tests (KEEL_CRASH_AT, see internal/drill) kills the process: after the
+// provider took the money and before the ledger says so, and after the
+// ledger says so and before the caller is answered.
+var CrashPoints = []string{handler.CrashAfterProvider, handler.CrashAfterCapture}
+
 // maxLatency bounds simulator/latency.
 const maxLatency = 30 * time.Second
 
