@@ -1,10 +1,13 @@
 package consul
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/hashicorp/consul/api"
 
@@ -70,4 +73,28 @@ func BackendFromEnv() (boot.Backend, error) {
 		return nil, err
 	}
 	return NewBackend(client, slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))), nil
+}
+
+// Main runs svc as a process's main function does: with the backend
+// [BackendFromEnv] chooses, until SIGINT or SIGTERM, then drains and
+// returns; it exits with status 1, the error on stderr, when svc fails
+// to start or to stop cleanly. Every Keel binary's main is this one
+// call.
+func Main[T boot.Settings](svc boot.Service[T]) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, svc)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func run[T boot.Settings](ctx context.Context, svc boot.Service[T]) error {
+	backend, err := BackendFromEnv()
+	if err != nil {
+		return fmt.Errorf("%s: %w", svc.Name, err)
+	}
+	defer backend.Close()
+	return boot.Run(ctx, svc, boot.Options{Backend: backend})
 }

@@ -6,32 +6,9 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/keelplatform/keel/cmd/keel/platform"
 	"github.com/keelplatform/keel/consul"
 	"github.com/keelplatform/keel/edge"
-	"github.com/keelplatform/keel/internal/boot"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
-
-func run(ctx context.Context) error {
-	backend, err := consul.BackendFromEnv()
-	if err != nil {
-		return fmt.Errorf("edge: %w", err)
-	}
-	defer backend.Close()
-	return boot.Run(ctx, edge.Service(platform.Contracts()), boot.Options{Backend: backend})
-}
+func main() { consul.Main(edge.Service(platform.Contracts())) }

@@ -8,31 +8,8 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/keelplatform/keel/consul"
-	"github.com/keelplatform/keel/internal/boot"
 	orderservice "github.com/keelplatform/keel/services/order/service"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
-
-func run(ctx context.Context) error {
-	backend, err := consul.BackendFromEnv()
-	if err != nil {
-		return fmt.Errorf("order: %w", err)
-	}
-	defer backend.Close()
-	return boot.Run(ctx, orderservice.Service(), boot.Options{Backend: backend})
-}
+func main() { consul.Main(orderservice.Service()) }

@@ -26,9 +26,9 @@ import (
 // configuration.
 const Name = "inventory"
 
-// DatabaseDSNVar holds the PostgreSQL connection string when
-// database/driver is postgres; it is a secret, never a setting.
-const DatabaseDSNVar = "KEEL_DATABASE_DSN"
+// DatabaseDSNVar is [database.DSNVar], the secret PostgreSQL connection
+// string of the service's database.
+const DatabaseDSNVar = database.DSNVar
 
 // Settings are the inventory service's configuration, the keys of
 // consul/kv/<env>/inventory.yaml and of keel/<env>/inventory/ in Consul KV.
@@ -38,7 +38,7 @@ type Settings struct {
 	Reservations Reservations `yaml:"reservations"`
 	// Database is where items and reservations are stored. Static.
 	// Default: SQLite under "data".
-	Database Database `yaml:"database" keel:"static"`
+	Database database.Settings `yaml:"database" keel:"static"`
 	// Cache holds items read by GetItem: Redis when cache/redis_addr is
 	// set, process memory otherwise, nowhere when cache/enabled is false.
 	// Static. Defaults: see [cache.DefaultConfig].
@@ -61,21 +61,12 @@ type Reservations struct {
 	SweepEvery time.Duration `yaml:"sweep_every"`
 }
 
-// Database says where the inventory is stored.
-type Database struct {
-	// Driver is "sqlite" (a file under DataDir) or "postgres" (the DSN in
-	// KEEL_DATABASE_DSN).
-	Driver string `yaml:"driver"`
-	// DataDir is the directory of the SQLite file inventory.db.
-	DataDir string `yaml:"data_dir"`
-}
-
 // DefaultSettings returns the documented defaults.
 func DefaultSettings() Settings {
 	return Settings{
 		Process:      config.DefaultProcess(),
 		Reservations: Reservations{HoldFor: 15 * time.Minute, SweepEvery: 30 * time.Second},
-		Database:     Database{Driver: database.DriverSQLite, DataDir: "data"},
+		Database:     database.DefaultSettings(),
 		Cache:        cache.DefaultConfig(),
 		ItemFilter:   cache.DefaultFilterConfig(),
 	}
@@ -93,15 +84,7 @@ func (s Settings) Validate() error {
 	if d := s.Reservations.SweepEvery; d < 100*time.Millisecond || d > time.Hour {
 		bad("reservations/sweep_every", "must be 100ms to 1h, got %s", d)
 	}
-	switch s.Database.Driver {
-	case database.DriverSQLite:
-		if s.Database.DataDir == "" {
-			bad("database/data_dir", "must be set for sqlite")
-		}
-	case database.DriverPostgres:
-	default:
-		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
-	}
+	errs = append(errs, s.Database.Validate("database")...)
 	errs = append(errs, s.Cache.Validate("cache")...)
 	errs = append(errs, s.ItemFilter.Validate("item_filter")...)
 	return errors.Join(errs...)
@@ -146,13 +129,9 @@ func (p *process) Close() error {
 
 func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	settings := env.Config.Current()
-	db := database.Config{Driver: settings.Database.Driver, DataDir: settings.Database.DataDir, Name: Name}
-	if db.Driver == database.DriverPostgres {
-		dsn, _ := env.Secret(DatabaseDSNVar)
-		if dsn == "" {
-			return nil, fmt.Errorf("database/driver is postgres but %s is not set", DatabaseDSNVar)
-		}
-		db.DSN = dsn
+	db, err := settings.Database.Config(Name, env.Secret)
+	if err != nil {
+		return nil, err
 	}
 	st, err := store.Open(ctx, db)
 	if err != nil {

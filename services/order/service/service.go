@@ -34,9 +34,9 @@ import (
 // configuration.
 const Name = "order"
 
-// DatabaseDSNVar holds the PostgreSQL connection string when
-// database/driver is postgres; it is a secret, never a setting.
-const DatabaseDSNVar = "KEEL_DATABASE_DSN"
+// DatabaseDSNVar is [database.DSNVar], the secret PostgreSQL connection
+// string of the service's database.
+const DatabaseDSNVar = database.DSNVar
 
 // Settings are the order service's configuration, the keys of
 // consul/kv/<env>/order.yaml and of keel/<env>/order/ in Consul KV.
@@ -46,7 +46,7 @@ type Settings struct {
 	Saga Saga `yaml:"saga"`
 	// Database is where orders and sagas are stored. Static. Default:
 	// SQLite under "data".
-	Database Database `yaml:"database" keel:"static"`
+	Database database.Settings `yaml:"database" keel:"static"`
 }
 
 // Saga tunes the place-order saga. The orchestrator takes its options
@@ -82,15 +82,6 @@ type Saga struct {
 	RecoveryInterval time.Duration `yaml:"recovery_interval"`
 }
 
-// Database says where orders are stored.
-type Database struct {
-	// Driver is "sqlite" (a file under DataDir) or "postgres" (the DSN in
-	// KEEL_DATABASE_DSN).
-	Driver string `yaml:"driver"`
-	// DataDir is the directory of the SQLite file order.db.
-	DataDir string `yaml:"data_dir"`
-}
-
 // DefaultSettings returns the documented defaults.
 func DefaultSettings() Settings {
 	return Settings{
@@ -104,7 +95,7 @@ func DefaultSettings() Settings {
 			PollInterval:           500 * time.Millisecond,
 			RecoveryInterval:       10 * time.Second,
 		},
-		Database: Database{Driver: database.DriverSQLite, DataDir: "data"},
+		Database: database.DefaultSettings(),
 	}
 }
 
@@ -129,15 +120,7 @@ func (s Settings) Validate() error {
 	between("saga/compensation_max_backoff", g.CompensationMaxBackoff, max(g.Backoff, time.Millisecond), time.Hour)
 	between("saga/poll_interval", g.PollInterval, 10*time.Millisecond, time.Minute)
 	between("saga/recovery_interval", g.RecoveryInterval, 100*time.Millisecond, time.Hour)
-	switch s.Database.Driver {
-	case database.DriverSQLite:
-		if s.Database.DataDir == "" {
-			bad("database/data_dir", "must be set for sqlite")
-		}
-	case database.DriverPostgres:
-	default:
-		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
-	}
+	errs = append(errs, s.Database.Validate("database")...)
 	return errors.Join(errs...)
 }
 
@@ -183,13 +166,9 @@ func (p *process) Close() error {
 
 func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	settings := env.Config.Current()
-	db := database.Config{Driver: settings.Database.Driver, DataDir: settings.Database.DataDir, Name: Name}
-	if db.Driver == database.DriverPostgres {
-		dsn, _ := env.Secret(DatabaseDSNVar)
-		if dsn == "" {
-			return nil, fmt.Errorf("database/driver is postgres but %s is not set", DatabaseDSNVar)
-		}
-		db.DSN = dsn
+	db, err := settings.Database.Config(Name, env.Secret)
+	if err != nil {
+		return nil, err
 	}
 	st, err := store.Open(ctx, db)
 	if err != nil {

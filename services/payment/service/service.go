@@ -28,10 +28,9 @@ import (
 // configuration.
 const Name = "payment"
 
-// DatabaseDSNVar is the secret the service reads from its environment,
-// never from configuration: the PostgreSQL connection string when
-// database/driver is postgres.
-const DatabaseDSNVar = "KEEL_DATABASE_DSN"
+// DatabaseDSNVar is [database.DSNVar], the secret PostgreSQL connection
+// string of the service's database.
+const DatabaseDSNVar = database.DSNVar
 
 // CrashPoints are the points of a charge at which the crash drill of
 // tests (KEEL_CRASH_AT, see internal/drill) kills the process: after the
@@ -88,11 +87,7 @@ func (s Simulator) rules() provider.Rules {
 
 // Database says where payments and the ledger are stored.
 type Database struct {
-	// Driver is "sqlite" (a file under DataDir) or "postgres" (the DSN in
-	// KEEL_DATABASE_DSN).
-	Driver string `yaml:"driver"`
-	// DataDir is the directory of the SQLite file payment.db.
-	DataDir string `yaml:"data_dir"`
+	database.Settings `yaml:",inline"`
 	// MaxOpenConns bounds the connections open to the database at once,
 	// 1 to 1000; calls past it wait for a free one. Default 16.
 	MaxOpenConns int `yaml:"max_open_conns"`
@@ -102,7 +97,7 @@ type Database struct {
 func DefaultSettings() Settings {
 	return Settings{
 		Process:  config.DefaultProcess(),
-		Database: Database{Driver: database.DriverSQLite, DataDir: "data", MaxOpenConns: store.DefaultMaxOpenConns},
+		Database: Database{Settings: database.DefaultSettings(), MaxOpenConns: store.DefaultMaxOpenConns},
 	}
 }
 
@@ -129,15 +124,7 @@ func (s Settings) Validate() error {
 	if n := s.Database.MaxOpenConns; n < 1 || n > 1000 {
 		bad("database/max_open_conns", "must be 1 to 1000, got %d", n)
 	}
-	switch s.Database.Driver {
-	case database.DriverSQLite:
-		if s.Database.DataDir == "" {
-			bad("database/data_dir", "must be set for sqlite")
-		}
-	case database.DriverPostgres:
-	default:
-		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
-	}
+	errs = append(errs, s.Database.Validate("database")...)
 	return errors.Join(errs...)
 }
 
@@ -171,13 +158,9 @@ func (p *process) Close() error {
 
 func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	settings := env.Config.Current()
-	db := database.Config{Driver: settings.Database.Driver, DataDir: settings.Database.DataDir, Name: Name}
-	if db.Driver == database.DriverPostgres {
-		dsn, _ := env.Secret(DatabaseDSNVar)
-		if dsn == "" {
-			return nil, fmt.Errorf("database/driver is postgres but %s is not set", DatabaseDSNVar)
-		}
-		db.DSN = dsn
+	db, err := settings.Database.Config(Name, env.Secret)
+	if err != nil {
+		return nil, err
 	}
 	st, err := store.Open(ctx, db)
 	if err != nil {

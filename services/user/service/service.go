@@ -31,9 +31,9 @@ const Name = "user"
 const (
 	// TokenKeyVar holds the key that signs login tokens, at least 32 bytes.
 	TokenKeyVar = "KEEL_TOKEN_KEY"
-	// DatabaseDSNVar holds the PostgreSQL connection string when
-	// database/driver is postgres.
-	DatabaseDSNVar = "KEEL_DATABASE_DSN"
+	// DatabaseDSNVar is [database.DSNVar], the PostgreSQL connection
+	// string when database/driver is postgres.
+	DatabaseDSNVar = database.DSNVar
 )
 
 // Settings are the user service's configuration, the keys of
@@ -49,7 +49,7 @@ type Settings struct {
 	// number of CPUs, max_wait 200ms.
 	PasswordHashing Hashing `yaml:"password_hashing"`
 	// Database is where accounts are stored. Static. Default: SQLite under "data".
-	Database Database `yaml:"database" keel:"static"`
+	Database database.Settings `yaml:"database" keel:"static"`
 	// Cache holds users read by GetUser (never their password hashes):
 	// Redis when cache/redis_addr is set, process memory otherwise,
 	// nowhere when cache/enabled is false. Static. Defaults: see
@@ -79,15 +79,6 @@ type Hashing struct {
 	MaxWait time.Duration `yaml:"max_wait"`
 }
 
-// Database says where accounts are stored.
-type Database struct {
-	// Driver is "sqlite" (a file under DataDir) or "postgres" (the DSN in
-	// KEEL_DATABASE_DSN).
-	Driver string `yaml:"driver"`
-	// DataDir is the directory of the SQLite file user.db.
-	DataDir string `yaml:"data_dir"`
-}
-
 // DefaultSettings returns the documented defaults.
 func DefaultSettings() Settings {
 	return Settings{
@@ -100,7 +91,7 @@ func DefaultSettings() Settings {
 			MaxConcurrent: runtime.NumCPU(),
 			MaxWait:       200 * time.Millisecond,
 		},
-		Database:   Database{Driver: database.DriverSQLite, DataDir: "data"},
+		Database:   database.DefaultSettings(),
 		Cache:      cache.DefaultConfig(),
 		UserFilter: cache.DefaultFilterConfig(),
 	}
@@ -130,15 +121,7 @@ func (s Settings) Validate() error {
 	if d := s.PasswordHashing.MaxWait; d < 0 || d > 10*time.Second {
 		bad("password_hashing/max_wait", "must be 0 to 10s, got %s", d)
 	}
-	switch s.Database.Driver {
-	case database.DriverSQLite:
-		if s.Database.DataDir == "" {
-			bad("database/data_dir", "must be set for sqlite")
-		}
-	case database.DriverPostgres:
-	default:
-		bad("database/driver", "must be sqlite or postgres, got %q", s.Database.Driver)
-	}
+	errs = append(errs, s.Database.Validate("database")...)
 	errs = append(errs, s.Cache.Validate("cache")...)
 	errs = append(errs, s.UserFilter.Validate("user_filter")...)
 	return errors.Join(errs...)
@@ -181,13 +164,9 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	if len(key) < auth.MinKeyLen {
 		return nil, fmt.Errorf("%s must hold a token signing key of at least %d bytes", TokenKeyVar, auth.MinKeyLen)
 	}
-	db := database.Config{Driver: settings.Database.Driver, DataDir: settings.Database.DataDir, Name: Name}
-	if db.Driver == database.DriverPostgres {
-		dsn, _ := env.Secret(DatabaseDSNVar)
-		if dsn == "" {
-			return nil, fmt.Errorf("database/driver is postgres but %s is not set", DatabaseDSNVar)
-		}
-		db.DSN = dsn
+	db, err := settings.Database.Config(Name, env.Secret)
+	if err != nil {
+		return nil, err
 	}
 	st, err := store.Open(ctx, db)
 	if err != nil {
