@@ -3,8 +3,9 @@
 # binaries (the tests start a throwaway cluster), redis-server (the cache
 # tests start throwaway servers: Redis 7, for RESP3 client-side caching),
 # ps (the Consul agent
-# script checks its process with it) and Chromium (the browser end-to-end
-# test drives it headless). Installs missing Debian packages;
+# script checks its process with it), Chromium (the browser end-to-end
+# test drives it headless), and curl and jq (the test of the README's shop
+# walkthrough runs its commands). Installs missing Debian packages;
 # never starts anything itself. The Consul agent is built by
 # consul/get-consul.sh, not installed.
 set -euo pipefail
@@ -17,6 +18,8 @@ fi
 [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || need+=(redis-server)
 command -v ps >/dev/null || need+=(procps)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v curl >/dev/null || need+=(curl)
+command -v jq >/dev/null || need+=(jq)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "test-deps: installing ${need[*]}"
 	if [ "$(id -u)" -ne 0 ]; then
