@@ -209,7 +209,7 @@ func (s *shop) waitFinal(ctx context.Context, client orderv1connect.OrderService
 	s.t.Helper()
 	var o *orderv1.Order
 	eventually(s.t, "order "+key+" final", func() error {
-		res, err := client.GetOrder(ctx, connect.NewRequest(&orderv1.GetOrderRequest{OrderId: order.ID(key)}))
+		res, err := client.GetOrder(ctx, connect.NewRequest(&orderv1.GetOrderRequest{OrderId: order.ID(s.userID, key)}))
 		if err != nil {
 			return err
 		}

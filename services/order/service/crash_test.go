@@ -58,7 +58,7 @@ func TestCrashDrillKillsAtTheBoundaryAndAnotherRunRecovers(t *testing.T) {
 
 	second := testkit.Start(t, binary, env...)
 	client = orderv1connect.NewOrderServiceClient(http.DefaultClient, "http://"+second.Addr())
-	id := order.ID(key)
+	id := order.ID(s.userID, key)
 	var o *orderv1.Order
 	eventually(t, "the order recovered", func() error {
 		res, err := client.GetOrder(ctx, connect.NewRequest(&orderv1.GetOrderRequest{OrderId: id}))

@@ -56,7 +56,7 @@ func (s *shop) leaveMidFlight(key, stopAt string, lines ...order.Line) string {
 	}
 	defer orch.Close()
 	requested := make([]order.Requested, len(lines))
-	state := order.State{OrderID: order.ID(key), IdempotencyKey: key, UserID: s.userID, Currency: "EUR", Lines: lines}
+	state := order.State{OrderID: order.ID(s.userID, key), IdempotencyKey: key, UserID: s.userID, Currency: "EUR", Lines: lines}
 	for i, l := range lines {
 		requested[i] = order.Requested{SKU: l.SKU, Quantity: l.Quantity}
 		state.TotalMinor += l.Quantity * l.UnitPriceMinor

@@ -91,6 +91,8 @@ type shop struct {
 	logs     *testkit.Buffer
 	// peers are the peers' addresses, in the form of KEEL_PEERS.
 	peers string
+	// users is the user service, directly.
+	users userv1connect.UserServiceClient
 	// inventoryData and paymentData hold the SQLite files of the
 	// inventory and the payment service, for audits of their books.
 	inventoryData, paymentData string
@@ -153,8 +155,8 @@ func newPeers(t *testing.T, driver string) *shop {
 			t.Fatal(err)
 		}
 	}
-	users := userv1connect.NewUserServiceClient(http.DefaultClient, "http://"+userAddr)
-	res, err := users.Register(ctx, connect.NewRequest(&userv1.RegisterRequest{
+	s.users = userv1connect.NewUserServiceClient(http.DefaultClient, "http://"+userAddr)
+	res, err := s.users.Register(ctx, connect.NewRequest(&userv1.RegisterRequest{
 		Email: "ada@example.com", Password: "correct horse battery", DisplayName: "Ada",
 	}))
 	if err != nil {

@@ -116,7 +116,7 @@ func (h *Handler) PlaceOrder(ctx context.Context, req *connect.Request[orderv1.P
 		return nil, err
 	}
 	hash := order.RequestHash(userID, requested)
-	id := order.ID(key)
+	id := order.ID(userID, key)
 
 	// A key seen before: its order, whatever the catalogue says now.
 	switch _, err := h.store.Order(ctx, id); {

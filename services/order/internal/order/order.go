@@ -98,14 +98,15 @@ type Requested struct {
 // forever: changing it changes the id of every key).
 var idNamespace = uuid.MustParse("3b0f5a54-8c1e-4f7a-9a59-2f0c6d3e8b17")
 
-// ID returns the id of the order placed under the PlaceOrder idempotency
-// key: a name-based UUID (version 5) of the key. Every call with the key,
-// in any instance, names the same order and the same saga, so the saga
-// store's create-once is what makes PlaceOrder idempotent; the key itself
-// (up to 128 characters) would make saga step keys longer than the
-// payment contract's 128.
-func ID(idempotencyKey string) string {
-	return uuid.NewSHA1(idNamespace, []byte(idempotencyKey)).String()
+// ID returns the id of the order a user places under a PlaceOrder
+// idempotency key: a name-based UUID (version 5) of the two. Keys are the
+// user's own (two users may both pick "order-1"); every call by the user
+// with the key, in any instance, names the same order and the same saga,
+// so the saga store's create-once is what makes PlaceOrder idempotent.
+// The key itself (up to 128 characters) would make saga step keys longer
+// than the payment contract's 128.
+func ID(userID, idempotencyKey string) string {
+	return uuid.NewSHA1(idNamespace, []byte(userID+"\x00"+idempotencyKey)).String()
 }
 
 // RequestHash returns a hash of a PlaceOrder request: its user and its

@@ -47,7 +47,7 @@ func TestSagaWritesKeepTheOrderInStep(t *testing.T) {
 			ctx := context.Background()
 			place := func(key string) saga.Record {
 				t.Helper()
-				id := order.ID(key)
+				id := order.ID("5c1d9b6e-7f2a-4b3c-8d4e-1f2a3b4c5d6e", key)
 				state, _ := json.Marshal(order.State{
 					OrderID: id, IdempotencyKey: key, RequestHash: "hash-" + key, UserID: "5c1d9b6e-7f2a-4b3c-8d4e-1f2a3b4c5d6e",
 					Currency: "EUR", Lines: []order.Line{{SKU: "TEA", Quantity: 2, UnitPriceMinor: 450}}, TotalMinor: 900,

@@ -69,19 +69,6 @@ func (s *Store) Order(ctx context.Context, id string) (order.Order, error) {
 	return toOrder(row), nil
 }
 
-// OrderByKey returns the order placed under the PlaceOrder idempotency
-// key, with its history.
-func (s *Store) OrderByKey(ctx context.Context, key string) (order.Order, error) {
-	row, err := s.client.Order.Query().Where(entorder.IdempotencyKey(key)).WithHistory(byTime).Only(ctx)
-	if ent.IsNotFound(err) {
-		return order.Order{}, fmt.Errorf("order by key: %w", order.ErrNotFound)
-	}
-	if err != nil {
-		return order.Order{}, fmt.Errorf("store: get order by key: %w", err)
-	}
-	return toOrder(row), nil
-}
-
 // ListOrders returns up to size orders of the user, newest first, after
 // the cursor (nil: from the newest), and the cursor of the next page, nil
 // on the last one. It walks the index on (user_id, create_time, id), so

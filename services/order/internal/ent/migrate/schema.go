@@ -30,9 +30,9 @@ var (
 		PrimaryKey: []*schema.Column{OrdersColumns[0]},
 		Indexes: []*schema.Index{
 			{
-				Name:    "order_idempotency_key",
+				Name:    "order_user_id_idempotency_key",
 				Unique:  true,
-				Columns: []*schema.Column{OrdersColumns[1]},
+				Columns: []*schema.Column{OrdersColumns[3], OrdersColumns[1]},
 			},
 			{
 				Name:    "order_user_id_create_time_id",

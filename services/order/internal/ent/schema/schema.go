@@ -29,7 +29,7 @@ func (Order) Fields() []ent.Field {
 	return []ent.Field{
 		// id is the order id, which is also the id of its saga.
 		field.String("id").MaxLen(36).NotEmpty().Immutable(),
-		// idempotency_key is the PlaceOrder key: one order per key.
+		// idempotency_key is the PlaceOrder key: one order per user and key.
 		field.String("idempotency_key").MaxLen(128).NotEmpty().Immutable(),
 		// request_hash is a hash of the PlaceOrder request, to refuse
 		// the key with another request.
@@ -64,7 +64,7 @@ func (Order) Indexes() []ent.Index {
 	return []ent.Index{
 		// The database, not a racy read-then-write, keeps one order per
 		// key.
-		index.Fields("idempotency_key").Unique(),
+		index.Fields("user_id", "idempotency_key").Unique(),
 		// ListOrders walks a user's orders by (create_time, id), newest
 		// first.
 		index.Fields("user_id", "create_time", "id"),

@@ -3,7 +3,7 @@
 -- them, as internal/saga documents the table. Recovery finds the
 -- unfinished sagas of a definition through sagas_unfinished.
 CREATE TABLE "orders" ("id" character varying NOT NULL, "idempotency_key" character varying NOT NULL, "request_hash" character varying NOT NULL, "user_id" character varying NOT NULL, "status" character varying NOT NULL, "currency" character varying NOT NULL, "total_minor" bigint NOT NULL, "lines" jsonb NOT NULL, "payment_id" character varying NOT NULL DEFAULT '', "failure_reason" text NOT NULL DEFAULT '', "create_time" timestamptz NOT NULL, "update_time" timestamptz NOT NULL, PRIMARY KEY ("id"));
-CREATE UNIQUE INDEX "order_idempotency_key" ON "orders" ("idempotency_key");
+CREATE UNIQUE INDEX "order_user_id_idempotency_key" ON "orders" ("user_id", "idempotency_key");
 CREATE INDEX "order_user_id_create_time_id" ON "orders" ("user_id", "create_time", "id");
 CREATE TABLE "sagas" ("id" character varying NOT NULL, "definition" character varying NOT NULL, "state" bytea NOT NULL, "status" character varying NOT NULL, "step" bigint NOT NULL, "in_flight" boolean NOT NULL, "reason" text NOT NULL, "lease_owner" character varying NOT NULL, "lease_expiry" timestamptz NULL, "version" bigint NOT NULL, "created_at" timestamptz NOT NULL, "updated_at" timestamptz NOT NULL, PRIMARY KEY ("id"));
 CREATE INDEX "sagas_unfinished" ON "sagas" ("definition", "status");
