@@ -46,6 +46,13 @@ type Options struct {
 	// Demo puts [DemoItems] in the catalogue once the services run, as
 	// `keel up` does.
 	Demo bool
+	// ProcessEnv sets environment variables for one process alone, by its
+	// name (a service's or "edge"), over the process environment and the
+	// overrides above; an empty value leaves the variable to them. For
+	// example {"order": {"KEEL_DATABASE_DRIVER": "postgres",
+	// "KEEL_DATABASE_DSN": dsn}} gives the order service a PostgreSQL
+	// database of its own.
+	ProcessEnv map[string]map[string]string
 }
 
 // Platform is a running platform. Stop it by cancelling the context given
@@ -74,7 +81,12 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 		_, _ = rand.Read(key)
 		opts.TokenKey = hex.EncodeToString(key)
 	}
-	bootOpts := func(overrides map[string]string) boot.Options {
+	bootOpts := func(name string, overrides map[string]string) boot.Options {
+		for k, v := range opts.ProcessEnv[name] {
+			if v != "" {
+				overrides[k] = v
+			}
+		}
 		return boot.Options{
 			Env:       opts.Env,
 			ConfigDir: opts.ConfigDir,
@@ -100,7 +112,7 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	}
 
 	for _, svc := range Services() {
-		r, err := svc.Start(servicesCtx, bootOpts(map[string]string{
+		r, err := svc.Start(servicesCtx, bootOpts(svc.Name, map[string]string{
 			"KEEL_DATABASE_DATA_DIR": opts.DataDir,
 			"KEEL_CACHE_REDIS_ADDR":  opts.RedisAddr,
 			userservice.TokenKeyVar:  opts.TokenKey,
@@ -117,7 +129,8 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 		}
 	}
 
-	e, err := Edge().Start(ctx, bootOpts(map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr}))
+	edgeProc := Edge()
+	e, err := edgeProc.Start(ctx, bootOpts(edgeProc.Name, map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr}))
 	if err != nil {
 		return fail(err)
 	}
