@@ -19,7 +19,9 @@ import (
 
 	"github.com/keelplatform/keel/consul"
 	"github.com/keelplatform/keel/consul/consultest"
+	"github.com/keelplatform/keel/internal/cache"
 	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/database"
 )
 
 // kvSettings is a process's settings as a service would declare them.
@@ -532,10 +534,9 @@ type seedUser struct {
 		MaxConcurrent int           `yaml:"max_concurrent"`
 		MaxWait       time.Duration `yaml:"max_wait"`
 	} `yaml:"password_hashing"`
-	Database struct {
-		Driver  string `yaml:"driver"`
-		DataDir string `yaml:"data_dir"`
-	} `yaml:"database" keel:"static"`
+	Database   database.Settings  `yaml:"database" keel:"static"`
+	Cache      cache.Config       `yaml:"cache" keel:"static"`
+	UserFilter cache.FilterConfig `yaml:"user_filter" keel:"static"`
 }
 
 type seedEdge struct {

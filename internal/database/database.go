@@ -40,10 +40,16 @@ const (
 	DriverPostgres = "postgres"
 )
 
+// DefaultMaxOpenConns bounds the connections a DB opens at once, unless
+// its owner sets another bound (the payment service's
+// database/max_open_conns); keep instances x bound below PostgreSQL's
+// max_connections.
+const DefaultMaxOpenConns = 16
+
 // maxIdleConns and maxIdleTime bound the connections a DB keeps open
-// while idle (at most its open connections' limit).
+// while idle (at most its open connections' bound).
 const (
-	maxIdleConns = 32
+	maxIdleConns = DefaultMaxOpenConns
 	maxIdleTime  = 5 * time.Minute
 )
 
@@ -99,6 +105,10 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	// few concurrent transactions every other one opened a new PostgreSQL
 	// session (a process fork), which cut PlaceOrder with 16 callers to a
 	// quarter. Idle connections close after a while of disuse.
+	// Nor does it bound open connections: a burst of calls would open as
+	// many, past PostgreSQL's max_connections (100 by default), and fail.
+	// Calls past the bound wait for a free connection instead.
+	sqlDB.SetMaxOpenConns(DefaultMaxOpenConns)
 	sqlDB.SetMaxIdleConns(maxIdleConns)
 	sqlDB.SetConnMaxIdleTime(maxIdleTime)
 	if _, ok := ctx.Deadline(); !ok {

@@ -60,7 +60,7 @@ func Open(ctx context.Context, cfg database.Config) (*Store, error) {
 
 // DefaultMaxOpenConns is the documented default of the service's
 // database/max_open_conns.
-const DefaultMaxOpenConns = 16
+const DefaultMaxOpenConns = database.DefaultMaxOpenConns
 
 // SetMaxOpenConns bounds the database connections the store holds open at
 // once; n <= 0 means no bound. Past the bound, a call waits for a free
