@@ -30,8 +30,14 @@ const (
 type MethodRules struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// public marks a method that callers may use without a login token. The
-	// edge lets such calls through without authentication.
-	Public        bool `protobuf:"varint,1,opt,name=public,proto3" json:"public,omitempty"`
+	// edge lets such calls through without authentication (a token sent
+	// anyway must be valid, and then travels as the caller's identity).
+	Public bool `protobuf:"varint,1,opt,name=public,proto3" json:"public,omitempty"`
+	// internal marks a method only the platform's own processes call: a saga
+	// step, an operator's write, a listing of every account. The edge
+	// refuses it from outside (permission_denied), logged in or not; peers
+	// call the service directly.
+	Internal      bool `protobuf:"varint,2,opt,name=internal,proto3" json:"internal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -69,6 +75,13 @@ func (*MethodRules) Descriptor() ([]byte, []int) {
 func (x *MethodRules) GetPublic() bool {
 	if x != nil {
 		return x.Public
+	}
+	return false
+}
+
+func (x *MethodRules) GetInternal() bool {
+	if x != nil {
+		return x.Internal
 	}
 	return false
 }
@@ -160,9 +173,10 @@ var File_keel_options_v1_options_proto protoreflect.FileDescriptor
 
 const file_keel_options_v1_options_proto_rawDesc = "" +
 	"\n" +
-	"\x1dkeel/options/v1/options.proto\x12\x0fkeel.options.v1\x1a google/protobuf/descriptor.proto\"%\n" +
+	"\x1dkeel/options/v1/options.proto\x12\x0fkeel.options.v1\x1a google/protobuf/descriptor.proto\"A\n" +
 	"\vMethodRules\x12\x16\n" +
-	"\x06public\x18\x01 \x01(\bR\x06public\"-\n" +
+	"\x06public\x18\x01 \x01(\bR\x06public\x12\x1a\n" +
+	"\binternal\x18\x02 \x01(\bR\binternal\"-\n" +
 	"\fServiceRules\x12\x1d\n" +
 	"\n" +
 	"depends_on\x18\x01 \x03(\tR\tdependsOn:V\n" +

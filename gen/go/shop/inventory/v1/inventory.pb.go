@@ -1176,16 +1176,16 @@ const file_shop_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RESERVATION_STATE_HELD\x10\x01\x12\x1f\n" +
 	"\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n" +
-	"\x1aRESERVATION_STATE_RELEASED\x10\x032\xcb\a\n" +
-	"\x10InventoryService\x12r\n" +
+	"\x1aRESERVATION_STATE_RELEASED\x10\x032\xea\a\n" +
+	"\x10InventoryService\x12x\n" +
 	"\n" +
-	"CreateItem\x12$.shop.inventory.v1.CreateItemRequest\x1a%.shop.inventory.v1.CreateItemResponse\"\x17\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/items\x90\x02\x02\x12r\n" +
+	"CreateItem\x12$.shop.inventory.v1.CreateItemRequest\x1a%.shop.inventory.v1.CreateItemResponse\"\x1d\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/items\x90\x02\x02\x12r\n" +
 	"\aGetItem\x12!.shop.inventory.v1.GetItemRequest\x1a\".shop.inventory.v1.GetItemResponse\" \xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/items/{sku}\x90\x02\x01\x12r\n" +
-	"\tListItems\x12#.shop.inventory.v1.ListItemsRequest\x1a$.shop.inventory.v1.ListItemsResponse\"\x1a\xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\v\x12\t/v1/items\x90\x02\x01\x12\x83\x01\n" +
-	"\vRestockItem\x12%.shop.inventory.v1.RestockItemRequest\x1a&.shop.inventory.v1.RestockItemResponse\"%\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/items/{sku}:restock\x90\x02\x02\x12\x7f\n" +
-	"\fReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a'.shop.inventory.v1.ReserveStockResponse\"\x1e\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/reservations\x90\x02\x02\x12\xa6\x01\n" +
-	"\x11CommitReservation\x12+.shop.inventory.v1.CommitReservationRequest\x1a,.shop.inventory.v1.CommitReservationResponse\"6\x82\xd3\xe4\x93\x02-:\x01*\"(/v1/reservations/{reservation_id}:commit\x90\x02\x02\x12\xaa\x01\n" +
-	"\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a-.shop.inventory.v1.ReleaseReservationResponse\"7\x82\xd3\xe4\x93\x02.:\x01*\")/v1/reservations/{reservation_id}:release\x90\x02\x02B\xd0\x01\n" +
+	"\tListItems\x12#.shop.inventory.v1.ListItemsRequest\x1a$.shop.inventory.v1.ListItemsResponse\"\x1a\xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\v\x12\t/v1/items\x90\x02\x01\x12\x89\x01\n" +
+	"\vRestockItem\x12%.shop.inventory.v1.RestockItemRequest\x1a&.shop.inventory.v1.RestockItemResponse\"+\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/items/{sku}:restock\x90\x02\x02\x12\x85\x01\n" +
+	"\fReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a'.shop.inventory.v1.ReserveStockResponse\"$\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/reservations\x90\x02\x02\x12\xac\x01\n" +
+	"\x11CommitReservation\x12+.shop.inventory.v1.CommitReservationRequest\x1a,.shop.inventory.v1.CommitReservationResponse\"<\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02-:\x01*\"(/v1/reservations/{reservation_id}:commit\x90\x02\x02\x12\xb0\x01\n" +
+	"\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a-.shop.inventory.v1.ReleaseReservationResponse\"=\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02.:\x01*\")/v1/reservations/{reservation_id}:release\x90\x02\x02B\xd0\x01\n" +
 	"\x15com.shop.inventory.v1B\x0eInventoryProtoP\x01ZAgithub.com/keelplatform/keel/gen/go/shop/inventory/v1;inventoryv1\xa2\x02\x03SIX\xaa\x02\x11Shop.Inventory.V1\xca\x02\x11Shop\\Inventory\\V1\xe2\x02\x1dShop\\Inventory\\V1\\GPBMetadata\xea\x02\x13Shop::Inventory::V1b\x06proto3"
 
 var (

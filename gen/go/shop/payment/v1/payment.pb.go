@@ -11,6 +11,7 @@ package paymentv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "github.com/keelplatform/keel/gen/go/keel/options/v1"
 	v1 "github.com/keelplatform/keel/gen/go/shop/money/v1"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
@@ -648,7 +649,7 @@ var File_shop_payment_v1_payment_proto protoreflect.FileDescriptor
 
 const file_shop_payment_v1_payment_proto_rawDesc = "" +
 	"\n" +
-	"\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/money/v1/money.proto\"\xe4\x02\n" +
+	"\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkeel/options/v1/options.proto\x1a\x19shop/money/v1/money.proto\"\xe4\x02\n" +
 	"\aPayment\x12\x1d\n" +
 	"\n" +
 	"payment_id\x18\x01 \x01(\tR\tpaymentId\x12\x19\n" +
@@ -698,10 +699,10 @@ const file_shop_payment_v1_payment_proto_rawDesc = "" +
 	"\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17PAYMENT_STATUS_CAPTURED\x10\x01\x12%\n" +
 	"!PAYMENT_STATUS_PARTIALLY_REFUNDED\x10\x02\x12\x1b\n" +
-	"\x17PAYMENT_STATUS_REFUNDED\x10\x032\xef\x02\n" +
-	"\x0ePaymentService\x12e\n" +
-	"\x06Charge\x12\x1e.shop.payment.v1.ChargeRequest\x1a\x1f.shop.payment.v1.ChargeResponse\"\x1a\x82\xd3\xe4\x93\x02\x11:\x01*\"\f/v1/payments\x90\x02\x02\x12y\n" +
-	"\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x1f.shop.payment.v1.RefundResponse\".\x82\xd3\xe4\x93\x02%:\x01*\" /v1/payments/{payment_id}:refund\x90\x02\x02\x12{\n" +
+	"\x17PAYMENT_STATUS_REFUNDED\x10\x032\xfb\x02\n" +
+	"\x0ePaymentService\x12k\n" +
+	"\x06Charge\x12\x1e.shop.payment.v1.ChargeRequest\x1a\x1f.shop.payment.v1.ChargeResponse\" \xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x11:\x01*\"\f/v1/payments\x90\x02\x02\x12\x7f\n" +
+	"\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x1f.shop.payment.v1.RefundResponse\"4\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02%:\x01*\" /v1/payments/{payment_id}:refund\x90\x02\x02\x12{\n" +
 	"\n" +
 	"GetPayment\x12\".shop.payment.v1.GetPaymentRequest\x1a#.shop.payment.v1.GetPaymentResponse\"$\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/payments/{payment_id}\x90\x02\x01B\xc0\x01\n" +
 	"\x13com.shop.payment.v1B\fPaymentProtoP\x01Z=github.com/keelplatform/keel/gen/go/shop/payment/v1;paymentv1\xa2\x02\x03SPX\xaa\x02\x0fShop.Payment.V1\xca\x02\x0fShop\\Payment\\V1\xe2\x02\x1bShop\\Payment\\V1\\GPBMetadata\xea\x02\x11Shop::Payment::V1b\x06proto3"

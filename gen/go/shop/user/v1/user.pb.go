@@ -689,13 +689,13 @@ const file_shop_user_v1_user_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"e\n" +
 	"\x11ListUsersResponse\x12(\n" +
 	"\x05users\x18\x01 \x03(\v2\x12.shop.user.v1.UserR\x05users\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x97\x04\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x9d\x04\n" +
 	"\vUserService\x12e\n" +
 	"\bRegister\x12\x1d.shop.user.v1.RegisterRequest\x1a\x1e.shop.user.v1.RegisterResponse\"\x1a\xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/users\x12b\n" +
 	"\x05Login\x12\x1a.shop.user.v1.LoginRequest\x1a\x1b.shop.user.v1.LoginResponse\" \xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/v1/users:login\x12a\n" +
 	"\aGetUser\x12\x1c.shop.user.v1.GetUserRequest\x1a\x1d.shop.user.v1.GetUserResponse\"\x19\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/users/{id}\x90\x02\x01\x12v\n" +
-	"\rUpdateProfile\x12\".shop.user.v1.UpdateProfileRequest\x1a#.shop.user.v1.UpdateProfileResponse\"\x1c\x82\xd3\xe4\x93\x02\x13:\x01*2\x0e/v1/users/{id}\x90\x02\x02\x12b\n" +
-	"\tListUsers\x12\x1e.shop.user.v1.ListUsersRequest\x1a\x1f.shop.user.v1.ListUsersResponse\"\x14\x82\xd3\xe4\x93\x02\v\x12\t/v1/users\x90\x02\x01B\xa8\x01\n" +
+	"\rUpdateProfile\x12\".shop.user.v1.UpdateProfileRequest\x1a#.shop.user.v1.UpdateProfileResponse\"\x1c\x82\xd3\xe4\x93\x02\x13:\x01*2\x0e/v1/users/{id}\x90\x02\x02\x12h\n" +
+	"\tListUsers\x12\x1e.shop.user.v1.ListUsersRequest\x1a\x1f.shop.user.v1.ListUsersResponse\"\x1a\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\v\x12\t/v1/users\x90\x02\x01B\xa8\x01\n" +
 	"\x10com.shop.user.v1B\tUserProtoP\x01Z7github.com/keelplatform/keel/gen/go/shop/user/v1;userv1\xa2\x02\x03SUX\xaa\x02\fShop.User.V1\xca\x02\fShop\\User\\V1\xe2\x02\x18Shop\\User\\V1\\GPBMetadata\xea\x02\x0eShop::User::V1b\x06proto3"
 
 var (

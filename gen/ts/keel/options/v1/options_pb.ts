@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keel/options/v1/options.proto.
  */
 export const file_keel_options_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("Ch1rZWVsL29wdGlvbnMvdjEvb3B0aW9ucy5wcm90bxIPa2VlbC5vcHRpb25zLnYxIh0KC01ldGhvZFJ1bGVzEg4KBnB1YmxpYxgBIAEoCCIiCgxTZXJ2aWNlUnVsZXMSEgoKZGVwZW5kc19vbhgBIAMoCTpWCgZtZXRob2QSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi4jgMgASgLMhwua2VlbC5vcHRpb25zLnYxLk1ldGhvZFJ1bGVzUgZtZXRob2Q6WgoHc2VydmljZRIfLmdvb2dsZS5wcm90b2J1Zi5TZXJ2aWNlT3B0aW9ucxi4jgMgASgLMh0ua2VlbC5vcHRpb25zLnYxLlNlcnZpY2VSdWxlc1IHc2VydmljZULAAQoTY29tLmtlZWwub3B0aW9ucy52MUIMT3B0aW9uc1Byb3RvUAFaPWdpdGh1Yi5jb20va2VlbHBsYXRmb3JtL2tlZWwvZ2VuL2dvL2tlZWwvb3B0aW9ucy92MTtvcHRpb25zdjGiAgNLT1iqAg9LZWVsLk9wdGlvbnMuVjHKAg9LZWVsXE9wdGlvbnNcVjHiAhtLZWVsXE9wdGlvbnNcVjFcR1BCTWV0YWRhdGHqAhFLZWVsOjpPcHRpb25zOjpWMWIGcHJvdG8z", [file_google_protobuf_descriptor]);
+  fileDesc("Ch1rZWVsL29wdGlvbnMvdjEvb3B0aW9ucy5wcm90bxIPa2VlbC5vcHRpb25zLnYxIi8KC01ldGhvZFJ1bGVzEg4KBnB1YmxpYxgBIAEoCBIQCghpbnRlcm5hbBgCIAEoCCIiCgxTZXJ2aWNlUnVsZXMSEgoKZGVwZW5kc19vbhgBIAMoCTpWCgZtZXRob2QSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi4jgMgASgLMhwua2VlbC5vcHRpb25zLnYxLk1ldGhvZFJ1bGVzUgZtZXRob2Q6WgoHc2VydmljZRIfLmdvb2dsZS5wcm90b2J1Zi5TZXJ2aWNlT3B0aW9ucxi4jgMgASgLMh0ua2VlbC5vcHRpb25zLnYxLlNlcnZpY2VSdWxlc1IHc2VydmljZULAAQoTY29tLmtlZWwub3B0aW9ucy52MUIMT3B0aW9uc1Byb3RvUAFaPWdpdGh1Yi5jb20va2VlbHBsYXRmb3JtL2tlZWwvZ2VuL2dvL2tlZWwvb3B0aW9ucy92MTtvcHRpb25zdjGiAgNLT1iqAg9LZWVsLk9wdGlvbnMuVjHKAg9LZWVsXE9wdGlvbnNcVjHiAhtLZWVsXE9wdGlvbnNcVjFcR1BCTWV0YWRhdGHqAhFLZWVsOjpPcHRpb25zOjpWMWIGcHJvdG8z", [file_google_protobuf_descriptor]);
 
 /**
  * MethodRules are Keel's rules for one RPC.
@@ -26,11 +26,22 @@ export const file_keel_options_v1_options: GenFile = /*@__PURE__*/
 export type MethodRules = Message<"keel.options.v1.MethodRules"> & {
   /**
    * public marks a method that callers may use without a login token. The
-   * edge lets such calls through without authentication.
+   * edge lets such calls through without authentication (a token sent
+   * anyway must be valid, and then travels as the caller's identity).
    *
    * @generated from field: bool public = 1;
    */
   public: boolean;
+
+  /**
+   * internal marks a method only the platform's own processes call: a saga
+   * step, an operator's write, a listing of every account. The edge
+   * refuses it from outside (permission_denied), logged in or not; peers
+   * call the service directly.
+   *
+   * @generated from field: bool internal = 2;
+   */
+  internal: boolean;
 };
 
 /**
