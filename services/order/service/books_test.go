@@ -70,7 +70,9 @@ func TestCrashAtEverySagaBoundary(t *testing.T) {
 			keys := make([]string, len(cases))
 			for i, c := range cases {
 				keys[i] = fmt.Sprintf("crash-%s-%02d", driver, i)
-				p := testkit.Start(t, binary, append(env, drill.Var+"="+c.boundary)...)
+				// The drill names this order's saga: a crash instance also
+				// recovers the sagas of the instances killed before it.
+				p := testkit.Start(t, binary, append(env, drill.Var+"="+c.boundary+"@"+order.ID(s.userID, keys[i]))...)
 				client := orderv1connect.NewOrderServiceClient(testkit.H2CClient(), "http://"+p.Addr(), connect.WithGRPC())
 				if _, err := client.PlaceOrder(ctx, connect.NewRequest(s.request(keys[i], c.sku, 1))); err == nil {
 					t.Fatalf("%s: PlaceOrder was answered; the drill should have killed the process first", c.boundary)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -191,12 +192,13 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 		Logger:                 env.Logger,
 	}
 	// A crash drill, for tests only: KEEL_CRASH_AT names a saga boundary
-	// (saga.Boundary.String, e.g. "after-action:charge-payment") at which
-	// the process kills itself, so that a test running the binary can
-	// check what another run recovers.
+	// (saga.Boundary.String, e.g. "after-action:charge-payment"),
+	// optionally of one order ("...@<order id>"), at which the process
+	// kills itself, so that a test running the binary can check what
+	// another run recovers.
 	if at, _ := env.Secret(drill.Var); at != "" {
 		env.Logger.Warn("crash drill armed: the process kills itself at a saga boundary", slog.String("boundary", at))
-		opts.Boundary = saga.KillAt(at)
+		opts.Boundary = crashAt(at)
 	}
 	orch, err := saga.New(st.Sagas(), placeorder.Definition(placeorder.Peers{Inventory: inventory, Payment: payment, Logger: env.Logger}), opts)
 	if err != nil {
@@ -210,6 +212,21 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	srv := env.Server()
 	srv.Handle(orderv1connect.NewOrderServiceHandler(h, srv.HandlerOptions()...))
 	return &process{Server: srv, store: st, sagas: orch, recovery: rec}, nil
+}
+
+// crashAt returns the boundary hook of a crash drill: "<boundary>" kills
+// the process at that boundary of any saga, "<boundary>@<saga id>" at
+// that boundary of one saga only (an instance also drives the sagas it
+// recovers, which may pass the boundary first).
+func crashAt(spec string) func(saga.Boundary) error {
+	point, id, _ := strings.Cut(spec, "@")
+	kill := saga.KillAt(point)
+	return func(b saga.Boundary) error {
+		if id != "" && b.SagaID != id {
+			return nil
+		}
+		return kill(b)
+	}
 }
 
 // observe logs the end of each order's saga.
