@@ -12,6 +12,7 @@ require (
 	connectrpc.com/validate v0.9.0
 	entgo.io/ent v0.14.5
 	github.com/failsafe-go/failsafe-go v0.9.8
+	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/google/uuid v1.6.0
 	github.com/hashicorp/consul/api v1.34.5

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/keelplatform/keel/cmd/keel/platform"
+	"github.com/keelplatform/keel/edge"
 	"github.com/keelplatform/keel/internal/config"
 )
 
@@ -96,5 +97,44 @@ func TestSeedFiles(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestLocalAddressesDistinct: in local, where `keel up` runs every
+// process of the platform on one machine, no two listen on the same
+// address.
+func TestLocalAddressesDistinct(t *testing.T) {
+	t.Parallel()
+	owner := map[string]string{}
+	for _, p := range platform.All() {
+		cfg, err := p.Settings(t.Context(), config.EnvLocal, seedDir)
+		if err != nil {
+			t.Fatalf("%s: %v", p.Name, err)
+		}
+		for _, addr := range []string{cfg.Server.Addr, cfg.Server.AdminAddr} {
+			if addr == "" || strings.HasSuffix(addr, ":0") {
+				continue
+			}
+			if other, ok := owner[addr]; ok {
+				t.Errorf("%s and %s both listen on %s", other, p.Name, addr)
+			}
+			owner[addr] = p.Name
+		}
+	}
+}
+
+// TestProdCORSNamesItsOrigins: in prod the edge allows no browser origin
+// by wildcard; the origins of the shop's own pages are listed.
+func TestProdCORSNamesItsOrigins(t *testing.T) {
+	t.Parallel()
+	s, err := config.Load(t.Context(), config.Options[edge.Settings]{
+		Service: "edge", Env: config.EnvProd, Dir: seedDir, Defaults: edge.DefaultSettings(),
+		LookupEnv: func(string) (string, bool) { return "", false },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(s.AllowedOrigins, "*") {
+		t.Fatalf("prod edge allowed_origins %v holds a wildcard", s.AllowedOrigins)
 	}
 }

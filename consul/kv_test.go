@@ -543,6 +543,11 @@ type seedEdge struct {
 	config.Process `yaml:",inline"`
 	AllowedOrigins []string `yaml:"allowed_origins"`
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	Auth           struct {
+		JWKSURL  string `yaml:"jwks_url"`
+		Issuer   string `yaml:"issuer"`
+		Audience string `yaml:"audience"`
+	} `yaml:"auth" keel:"static"`
 }
 
 // TestPushedKVReadsLikeTheFiles pushes every environment's seed files and

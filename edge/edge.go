@@ -57,6 +57,12 @@ type Config struct {
 	Metrics *prometheus.Registry
 	// Telemetry traces calls. Default [telemetry.Off].
 	Telemetry *telemetry.Telemetry
+	// Auth authenticates callers as each method's contract says (public,
+	// internal, or login required) and vouches for them upstream.
+	// Default: none, every call passes anonymous (for tests, or an edge
+	// behind a gateway that authenticates); the edge process always sets
+	// it.
+	Auth *Auth
 }
 
 // Edge is a running front door. Create it with [New].
@@ -103,6 +109,10 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 		}
 		cfg.Transport = t
 	}
+	authn, err := newAuthenticator(cfg.Auth)
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
 	e := &Edge{routes: routes}
 	e.SetAllowedOrigins(cfg.AllowedOrigins)
 	reflected := routes.names()
@@ -125,6 +135,7 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 		logger:     logger,
 		metrics:    metrics,
 		maxRequest: int64(cfg.Server.MaxRequestBytes),
+		auth:       authn,
 	}
 	e.proxy.trusted.Store(trusted)
 	e.proxy.calls.Store(&calls)

@@ -336,6 +336,12 @@ func TestCORSPreflightAllowsConnectAndAuthorization(t *testing.T) {
 	if res.StatusCode != http.StatusNoContent || !strings.Contains(allowed, "authorization") || !strings.Contains(allowed, "x-grpc-web") {
 		t.Fatalf("preflight: %d allow-headers=%q", res.StatusCode, allowed)
 	}
+	// Logins travel in the Authorization header, never in cookies: the
+	// edge never allows credentials, so a wildcard origin (the default
+	// outside prod) cannot hand a browser's cookies to any site.
+	if c := res.Header.Get("Access-Control-Allow-Credentials"); c != "" {
+		t.Fatalf("preflight allows credentials (%q) with origins %q", c, res.Header.Get("Access-Control-Allow-Origin"))
+	}
 }
 
 func TestIdentityHeadersFromOutsideAreStripped(t *testing.T) {

@@ -47,6 +47,7 @@ type proxy struct {
 	maxRequest int64
 	tracer     trace.Tracer // nil when tracing is off
 	propagator propagation.TextMapPropagator
+	auth       *authenticator // nil: every call passes anonymous
 }
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -83,10 +84,26 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	unary := connectUnary(r)
+	acc := loginRequired
 	if proc != nil {
-		unary = proc.method.Unary
+		unary, acc = proc.method.Unary, proc.access
+	}
+	var user string
+	if p.auth != nil {
+		var err error
+		if user, err = p.auth.check(ctx, r.Header, r.URL.Path, acc); err != nil {
+			p.fail(w, r, &x, err)
+			return
+		}
 	}
 	forwardHeaders(r.Header, r.RemoteAddr, p.trusted.Load())
+	if user != "" {
+		if err := p.auth.vouch(r.Header, user); err != nil {
+			p.logger.ErrorContext(ctx, "vouch for caller", slog.String("error", err.Error()))
+			p.fail(w, r, &x, connect.NewError(connect.CodeInternal, errors.New("internal error")))
+			return
+		}
+	}
 	if x.span != nil {
 		p.propagator.Inject(ctx, propagation.HeaderCarrier(r.Header))
 		if sc := x.span.SpanContext(); sc.IsSampled() {

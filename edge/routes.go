@@ -29,6 +29,7 @@ type route struct {
 type procedure struct {
 	route  *route
 	method callpolicy.Method
+	access access
 }
 
 // routeTable maps procedure paths to where they go. It is read-only after
@@ -61,9 +62,10 @@ func newRouteTable(services []string, overrides map[string]string, resolver disc
 		}
 		r.registered = true
 		for i := range sd.Methods().Len() {
-			path := "/" + name + "/" + string(sd.Methods().Get(i).Name())
+			md := sd.Methods().Get(i)
+			path := "/" + name + "/" + string(md.Name())
 			m, _ := callpolicy.MethodOf(path)
-			t.procedures[path] = &procedure{route: r, method: m}
+			t.procedures[path] = &procedure{route: r, method: m, access: accessOf(md)}
 		}
 	}
 	return t, nil

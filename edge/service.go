@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/server"
@@ -25,6 +27,24 @@ type Settings struct {
 	// X-Forwarded-For is kept and extended; from anyone else it is
 	// replaced by the caller's address. Dynamic. Default none.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Auth says whose login tokens the edge accepts. Static.
+	Auth AuthSettings `yaml:"auth" keel:"static"`
+}
+
+// AuthSettings say whose login tokens the edge accepts: the platform's
+// own (HS256, signed by the user service with the key in KEEL_TOKEN_KEY),
+// or an identity provider's (RS256 or ES256, checked against the keys it
+// publishes).
+type AuthSettings struct {
+	// JWKSURL is where an identity provider publishes its keys (a JSON Web
+	// Key Set); empty: the platform's own tokens. Default empty.
+	JWKSURL string `yaml:"jwks_url"`
+	// Issuer is the "iss" tokens must carry. Default "keel-user", the
+	// user service's.
+	Issuer string `yaml:"issuer"`
+	// Audience, when set, is an "aud" an identity provider's tokens must
+	// carry. Default empty.
+	Audience string `yaml:"audience"`
 }
 
 // DefaultSettings returns the documented defaults; the edge listens on
@@ -32,7 +52,7 @@ type Settings struct {
 func DefaultSettings() Settings {
 	p := config.DefaultProcess()
 	p.Server.Addr = "127.0.0.1:8080"
-	return Settings{Process: p, AllowedOrigins: []string{"*"}}
+	return Settings{Process: p, AllowedOrigins: []string{"*"}, Auth: AuthSettings{Issuer: auth.DefaultIssuer}}
 }
 
 // Validate reports every setting out of range, naming its key.
@@ -49,6 +69,14 @@ func (s Settings) Validate() error {
 	if _, err := newTrustedProxies(s.TrustedProxies); err != nil {
 		errs = append(errs, &config.KeyError{Key: "trusted_proxies", Err: err})
 	}
+	if s.Auth.Issuer == "" {
+		errs = append(errs, &config.KeyError{Key: "auth/issuer", Err: errors.New("must be set")})
+	}
+	if u := s.Auth.JWKSURL; u != "" {
+		if parsed, err := url.Parse(u); err != nil || (parsed.Scheme != "https" && parsed.Scheme != "http") || parsed.Host == "" {
+			errs = append(errs, &config.KeyError{Key: "auth/jwks_url", Err: fmt.Errorf("must be an http(s) URL, got %q", u)})
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -62,7 +90,12 @@ func Service(contracts []string) boot.Service[Settings] {
 		Defaults: DefaultSettings(),
 		Build: func(_ context.Context, env boot.Env[Settings]) (boot.Process, error) {
 			s := env.Config.Current()
+			authn, err := authFrom(s.Auth, env.Secret)
+			if err != nil {
+				return nil, fmt.Errorf("edge: %w", err)
+			}
 			e, err := New(Config{
+				Auth:           authn,
 				Server:         server.ConfigFrom(s.Process),
 				Services:       contracts,
 				AllowedOrigins: s.AllowedOrigins,
@@ -88,3 +121,24 @@ func Service(contracts []string) boot.Service[Settings] {
 
 // The edge mounts the configuration status.
 var _ boot.AdminProcess = (*Edge)(nil)
+
+// authFrom builds the edge's authentication from its settings and its
+// secrets: the identity key (KEEL_IDENTITY_KEY), and the token key
+// (KEEL_TOKEN_KEY) unless an identity provider's keys are used.
+func authFrom(s AuthSettings, secret func(string) (string, bool)) (*Auth, error) {
+	identityKey, _ := secret(auth.IdentityKeyVar)
+	if len(identityKey) < auth.MinKeyLen {
+		return nil, fmt.Errorf("%s must hold the environment's identity key, at least %d bytes, shared with the services", auth.IdentityKeyVar, auth.MinKeyLen)
+	}
+	a := &Auth{IdentityKey: []byte(identityKey)}
+	if s.JWKSURL != "" {
+		a.Tokens = &auth.JWKS{URL: s.JWKSURL, Issuer: s.Issuer, Audience: s.Audience}
+		return a, nil
+	}
+	tokenKey, _ := secret(auth.TokenKeyVar)
+	if len(tokenKey) < auth.MinKeyLen {
+		return nil, fmt.Errorf("%s must hold the login token key, at least %d bytes, shared with the user service (or set auth/jwks_url)", auth.TokenKeyVar, auth.MinKeyLen)
+	}
+	a.Tokens = auth.HS256{Key: []byte(tokenKey), Issuer: s.Issuer}
+	return a, nil
+}

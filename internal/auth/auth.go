@@ -1,12 +1,20 @@
 // Package auth issues and verifies the platform's access tokens: JWTs
 // signed with HMAC-SHA256 (HS256) whose subject is the user id. The user
-// service issues them at login; the edge verifies them on every call.
+// service issues them at login; the edge verifies them on every call
+// ([HS256]), or verifies an identity provider's RS256 and ES256 tokens
+// against its published keys ([JWKS]).
 //
 // Both sides share one secret key of at least [MinKeyLen] bytes. Only HS256
 // is accepted, so a token cannot pick a weaker algorithm or "none".
+//
+// The edge then vouches for the caller to the services with an identity
+// token of its own ([IdentityHeader], signed with the environment's
+// identity key), which [Identities] verifies on the services' side, puts
+// in the call's context ([UserFrom]) and passes on to peers.
 package auth
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -110,4 +118,25 @@ func issuerOrDefault(issuer string) string {
 		return DefaultIssuer
 	}
 	return issuer
+}
+
+// Verifier checks login tokens and returns their subject, the user id:
+// [HS256] for the platform's own tokens, [JWKS] for an identity
+// provider's.
+type Verifier interface {
+	Verify(ctx context.Context, token string) (subject string, err error)
+}
+
+// HS256 verifies the tokens the user service issues, with the key they
+// share; see [Verify].
+type HS256 struct {
+	// Key is the signing key, at least [MinKeyLen] bytes.
+	Key []byte
+	// Issuer is the expected "iss"; [DefaultIssuer] when empty.
+	Issuer string
+}
+
+// Verify implements [Verifier].
+func (h HS256) Verify(_ context.Context, token string) (string, error) {
+	return Verify(h.Key, h.Issuer, token)
 }

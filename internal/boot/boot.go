@@ -23,8 +23,10 @@ import (
 	"strings"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/client"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
@@ -105,8 +107,13 @@ type Env[T Settings] struct {
 	// Telemetry is the process's tracing (off unless configured).
 	Telemetry *telemetry.Telemetry
 	// Peers calls other services under the call policy of the settings'
-	// calls section, kept current as it changes.
+	// calls section, kept current as it changes, passing on the identity
+	// of the call being handled.
 	Peers *client.Peers
+	// Identities verifies the identity the edge vouches for on the calls
+	// the process answers, and passes it on to peers; keyed by
+	// KEEL_IDENTITY_KEY (none: no identity is believed).
+	Identities *auth.Identities
 }
 
 // Server returns a server configured by the process's common settings
@@ -114,7 +121,11 @@ type Env[T Settings] struct {
 // the configuration changes), registering its metrics in [Env.Metrics]
 // and tracing with [Env.Telemetry]; opts add to it.
 func (e Env[T]) Server(opts ...server.Option) *server.Server {
-	opts = append([]server.Option{server.WithRegistry(e.Metrics), server.WithTelemetry(e.Telemetry)}, opts...)
+	opts = append([]server.Option{
+		server.WithRegistry(e.Metrics),
+		server.WithTelemetry(e.Telemetry),
+		server.WithInterceptors(e.Identities),
+	}, opts...)
 	srv := server.New(server.ConfigFrom(e.Config.Current().ProcessConfig()), e.Logger, opts...)
 	e.Config.OnChange(func(_, cfg T) { srv.SetShedding(cfg.ProcessConfig().Shedding) })
 	return srv
@@ -231,8 +242,16 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		watcher.Close()
 		return nil, fmt.Errorf("%s: %w", svc.Name, err)
 	}
+	identityKey, _ := opts.LookupEnv(auth.IdentityKeyVar)
+	identities, err := auth.NewIdentities([]byte(identityKey))
+	if err != nil {
+		return fail(err)
+	}
 	calls := watcher.Current().ProcessConfig().Calls
-	peers, err := client.New(opts.Backend.Resolver(), client.Options{Calls: &calls, Metrics: registry, Telemetry: tel})
+	peers, err := client.New(opts.Backend.Resolver(), client.Options{
+		Calls: &calls, Metrics: registry, Telemetry: tel,
+		Interceptors: []connect.Interceptor{identities},
+	})
 	if err != nil {
 		return fail(err)
 	}
@@ -242,13 +261,14 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 	}
 
 	proc, err = svc.Build(ctx, Env[T]{
-		Config:    watcher,
-		Logger:    logger,
-		Resolver:  opts.Backend.Resolver(),
-		Secret:    opts.LookupEnv,
-		Metrics:   registry,
-		Telemetry: tel,
-		Peers:     peers,
+		Config:     watcher,
+		Logger:     logger,
+		Resolver:   opts.Backend.Resolver(),
+		Secret:     opts.LookupEnv,
+		Metrics:    registry,
+		Telemetry:  tel,
+		Peers:      peers,
+		Identities: identities,
 	})
 	if err != nil {
 		proc = nil // a failed Build releases what it made itself

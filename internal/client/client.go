@@ -38,6 +38,9 @@ type Options struct {
 	Metrics prometheus.Registerer
 	// Telemetry traces the calls. Default [telemetry.Off].
 	Telemetry *telemetry.Telemetry
+	// Interceptors run on every call, e.g. to pass the caller's identity
+	// on. Default none.
+	Interceptors []connect.Interceptor
 }
 
 // New returns peers resolved through resolver and called as opts say.
@@ -54,6 +57,9 @@ func New(resolver discovery.Resolver, opts Options) (*Peers, error) {
 	p := &Peers{transport: t, http: &http.Client{Transport: t}}
 	if interceptor, ok := opts.Telemetry.ClientInterceptor(); ok {
 		p.options = append(p.options, connect.WithInterceptors(interceptor))
+	}
+	if len(opts.Interceptors) > 0 {
+		p.options = append(p.options, connect.WithInterceptors(opts.Interceptors...))
 	}
 	return p, nil
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 
+	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,6 +19,8 @@ type options struct {
 	middleware []func(http.Handler) http.Handler
 	telemetry  *telemetry.Telemetry
 	registry   *prometheus.Registry
+	// interceptors run inside the access log, before validation.
+	interceptors []connect.Interceptor
 }
 
 // WithRegistry makes the server register its metrics in registry, shared
@@ -53,4 +56,11 @@ func WithReflection(services ...string) Option {
 // innermost.
 func WithMiddleware(wrap func(http.Handler) http.Handler) Option {
 	return func(o *options) { o.middleware = append(o.middleware, wrap) }
+}
+
+// WithInterceptors runs interceptors on every call the server's Connect
+// handlers answer, inside the access log (which records what they
+// refuse) and before validation, e.g. to verify who the caller is.
+func WithInterceptors(interceptors ...connect.Interceptor) Option {
+	return func(o *options) { o.interceptors = append(o.interceptors, interceptors...) }
 }

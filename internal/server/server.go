@@ -153,7 +153,9 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 	}
 	s.options = append(s.options,
 		connect.WithRecover(s.recoverPanic),
-		connect.WithInterceptors(newAccessLog(logger), validate.NewInterceptor()),
+		connect.WithInterceptors(newAccessLog(logger)),
+		connect.WithInterceptors(extra.interceptors...),
+		connect.WithInterceptors(validate.NewInterceptor()),
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
 		connect.WithCompressMinBytes(1024),
 	)

@@ -9,7 +9,7 @@
 // to "done" (every step behaved) or "failed"; the browser end-to-end test
 // (cmd/keel/platform/browser_e2e_test.go) reads both.
 
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import { toJson } from "@bufbuild/protobuf";
 import { UserSchema, UserService, type User } from "../../gen/ts/shop/user/v1/user_pb.js";
@@ -75,9 +75,17 @@ async function run(summary: Summary): Promise<boolean> {
   summary.registered = userJSON(registered.user);
   const id = summary.registered.id ?? "";
 
+  // Reading an account needs a login: the token goes with every call.
+  const { accessToken } = await connect.login({ email: summary.email, password: "correct horse" });
+  const bearer: Interceptor = (next) => async (req) => {
+    req.header.set("Authorization", `Bearer ${accessToken}`);
+    return await next(req);
+  };
+  const grpcWebAuthed = createClient(UserService, createGrpcWebTransport({ baseUrl, interceptors: [bearer] }));
+  const connectAuthed = createClient(UserService, createConnectTransport({ baseUrl, interceptors: [bearer] }));
   summary.getUser = {
-    grpcWeb: userJSON((await grpcWeb.getUser({ id })).user),
-    connect: userJSON((await connect.getUser({ id })).user),
+    grpcWeb: userJSON((await grpcWebAuthed.getUser({ id })).user),
+    connect: userJSON((await connectAuthed.getUser({ id })).user),
   };
   summary.invalidEmail = {
     grpcWeb: await registerInvalid(grpcWeb),

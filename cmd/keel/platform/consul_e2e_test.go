@@ -26,6 +26,7 @@ import (
 	"github.com/keelplatform/keel/consul/consultest"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/cache/redistest"
 	"github.com/keelplatform/keel/internal/config"
@@ -54,7 +55,20 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m)
 }
 
-const testTokenKey = "0123456789abcdef0123456789abcdef-e2e"
+const (
+	testTokenKey    = "0123456789abcdef0123456789abcdef-e2e"
+	testIdentityKey = "fedcba9876543210fedcba9876543210-e2e"
+)
+
+// testToken is a login token for user, as the user service would issue.
+func testToken(t *testing.T, user string) string {
+	t.Helper()
+	token, _, err := auth.Issuer{Key: []byte(testTokenKey), TTL: time.Hour}.Issue(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
 
 // userProcess is one user service instance running as its own process.
 type userProcess struct {
@@ -140,6 +154,7 @@ func tryUserProcess(t *testing.T, agent *consultest.Agent, env ...string) (*user
 		"KEEL_ENV=test",
 		"KEEL_CONFIG_DIR="+configDir(t),
 		"KEEL_TOKEN_KEY="+testTokenKey,
+		"KEEL_IDENTITY_KEY="+testIdentityKey,
 		"KEEL_LOG_LEVEL=debug",
 		"KEEL_DATABASE_DATA_DIR="+t.TempDir(),
 	)
@@ -245,7 +260,10 @@ func startConsulEdge(t *testing.T, client *api.Client) *consulEdge {
 		ConfigDir: configDir(t),
 		Backend:   backend,
 		Log:       io.Discard,
-		LookupEnv: func(string) (string, bool) { return "", false },
+		LookupEnv: func(name string) (string, bool) {
+			v, ok := map[string]string{"KEEL_TOKEN_KEY": testTokenKey, "KEEL_IDENTITY_KEY": testIdentityKey}[name]
+			return v, ok
+		},
 	})
 	if err != nil {
 		cancel()
@@ -267,9 +285,9 @@ type load struct {
 	done            chan struct{}
 }
 
-func startLoad(edgeURL, id string) *load {
+func startLoad(edgeURL, id, token string) *load {
 	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
-	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC())
+	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC(), bearer(token))
 	go func() {
 		defer close(l.done)
 		for {
@@ -338,6 +356,8 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := reg.Msg.GetUser().GetId()
+	token := testToken(t, id)
+	c = userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC(), bearer(token))
 	// Concurrent callers: the balancer weighs instances by their calls in
 	// flight and latency (power of two choices), so with equal instances
 	// under load both take a good share.
@@ -360,7 +380,7 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 	}
 
 	// A graceful stop deregisters first, then drains: no call fails.
-	l := startLoad(edgeURL, id)
+	l := startLoad(edgeURL, id, token)
 	l.waitCalls(t, 20, "calls under way before the graceful stop")
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)
 	<-a.done
@@ -383,7 +403,7 @@ func TestTwoInstancesThroughConsul(t *testing.T) {
 	c2 := startUserProcess(t, agent, shared...)
 	waitFor(t, "replacement passing", 10*time.Second, func() bool { return len(passing(t, agent.Client(), "user")) == 2 })
 	waitFor(t, "the edge's watch seeing the replacement", 10*time.Second, func() bool { return front.routesTo("user", b.id, c2.id) })
-	l = startLoad(edgeURL, id)
+	l = startLoad(edgeURL, id, token)
 	l.waitCalls(t, 20, "calls under way before the SIGKILL")
 	killed := time.Now()
 	_ = b.cmd.Process.Signal(syscall.SIGKILL)
@@ -492,11 +512,13 @@ func TestConsulOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := reg.Msg.GetUser().GetId()
+	token := testToken(t, id)
+	c = userv1connect.NewUserServiceClient(testkit.H2CClient(), edgeURL, connect.WithGRPC(), bearer(token))
 
 	// With the agent down, the edge keeps routing to the instances it knew
 	// and the service keeps its configuration.
 	agent.Stop()
-	l := startLoad(edgeURL, id)
+	l := startLoad(edgeURL, id, token)
 	waitFor(t, "the edge's watch finding Consul gone", 10*time.Second, func() bool { return front.logs.count("consul: watch failing") > 0 })
 	waitFor(t, "the service's configuration watch finding Consul gone", 10*time.Second, func() bool {
 		return a.logs.count("config source unreachable") > 0

@@ -15,10 +15,10 @@ import (
 	"os"
 	"sync"
 
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
-	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
 // Options configure [Start]. The zero value of each field means its
@@ -41,6 +41,10 @@ type Options struct {
 	// TokenKey signs login tokens; at least 32 bytes. Default: KEEL_TOKEN_KEY,
 	// or a random key per start, so tokens do not outlive the platform.
 	TokenKey string
+	// IdentityKey signs the identity the edge vouches for to the
+	// services; at least 32 bytes. Default: KEEL_IDENTITY_KEY, or a random
+	// key per start.
+	IdentityKey string
 	// Log receives every process's JSON logs. Default: discarded.
 	Log io.Writer
 	// Demo puts [DemoItems] in the catalogue once the services run, as
@@ -73,13 +77,12 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
-	if opts.TokenKey == "" {
-		opts.TokenKey = os.Getenv(userservice.TokenKeyVar)
-	}
-	if opts.TokenKey == "" {
-		key := make([]byte, 32)
-		_, _ = rand.Read(key)
-		opts.TokenKey = hex.EncodeToString(key)
+	opts.TokenKey = keyOrRandom(opts.TokenKey, auth.TokenKeyVar)
+	opts.IdentityKey = keyOrRandom(opts.IdentityKey, auth.IdentityKeyVar)
+	keys := func(overrides map[string]string) map[string]string {
+		overrides[auth.TokenKeyVar] = opts.TokenKey
+		overrides[auth.IdentityKeyVar] = opts.IdentityKey
+		return overrides
 	}
 	bootOpts := func(name string, overrides map[string]string) boot.Options {
 		for k, v := range opts.ProcessEnv[name] {
@@ -112,11 +115,10 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	}
 
 	for _, svc := range Services() {
-		r, err := svc.Start(servicesCtx, bootOpts(svc.Name, map[string]string{
+		r, err := svc.Start(servicesCtx, bootOpts(svc.Name, keys(map[string]string{
 			"KEEL_DATABASE_DATA_DIR": opts.DataDir,
 			"KEEL_CACHE_REDIS_ADDR":  opts.RedisAddr,
-			userservice.TokenKeyVar:  opts.TokenKey,
-		}))
+		})))
 		if err != nil {
 			return fail(err)
 		}
@@ -130,7 +132,7 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	}
 
 	edgeProc := Edge()
-	e, err := edgeProc.Start(ctx, bootOpts(edgeProc.Name, map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr}))
+	e, err := edgeProc.Start(ctx, bootOpts(edgeProc.Name, keys(map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr})))
 	if err != nil {
 		return fail(err)
 	}
@@ -174,4 +176,19 @@ func (p *Platform) Wait() error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// keyOrRandom returns key, or the environment variable name, or a random
+// key: secrets that only need to be shared by the platform's processes
+// for as long as it runs.
+func keyOrRandom(key, name string) string {
+	if key == "" {
+		key = os.Getenv(name)
+	}
+	if key == "" {
+		b := make([]byte, 32)
+		_, _ = rand.Read(b)
+		key = hex.EncodeToString(b)
+	}
+	return key
 }

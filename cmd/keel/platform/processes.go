@@ -9,12 +9,14 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
 	"github.com/keelplatform/keel/gen/go/shop/order/v1/orderv1connect"
 	"github.com/keelplatform/keel/gen/go/shop/payment/v1/paymentv1connect"
+	"github.com/keelplatform/keel/gen/go/shop/storefront/v1/storefrontv1connect"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
 	inventoryservice "github.com/keelplatform/keel/services/inventory/service"
 	orderservice "github.com/keelplatform/keel/services/order/service"
 	paymentservice "github.com/keelplatform/keel/services/payment/service"
+	storefrontservice "github.com/keelplatform/keel/services/storefront/service"
 	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
@@ -64,6 +66,7 @@ func Services() []Process {
 		process(inventoryservice.Service(), inventoryv1connect.InventoryServiceName),
 		process(paymentservice.Service(), paymentv1connect.PaymentServiceName),
 		process(orderservice.Service(), orderv1connect.OrderServiceName),
+		process(storefrontservice.Service(), storefrontv1connect.StorefrontServiceName),
 	}
 }
 

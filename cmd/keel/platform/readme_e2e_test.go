@@ -466,7 +466,7 @@ func walkthroughChecks() []walkthroughCheck {
 			}
 			// As the README says, the same key with another request is refused.
 			body := fmt.Sprintf(`{"idempotencyKey":"grace-order-1","userId":%q,"lines":[{"sku":"KEEL-MUG","quantity":3}]}`, w.vars["USER_ID"])
-			status, res := postJSON(t, w.edgeURL+"/shop.order.v1.OrderService/PlaceOrder", body)
+			status, res := postJSON(t, w.edgeURL+"/shop.order.v1.OrderService/PlaceOrder", body, "Authorization", "Bearer "+w.vars["TOKEN"])
 			if status != http.StatusBadRequest || res["code"] != "invalid_argument" {
 				t.Fatalf("the key of the first order with other lines: %d %v, want invalid_argument", status, res)
 			}

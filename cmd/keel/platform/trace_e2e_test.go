@@ -15,6 +15,7 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/storefront/v1/storefrontv1connect"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/client"
 	"github.com/keelplatform/keel/internal/config"
@@ -63,6 +64,7 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.OTLPEndpoint(),
 		"OTEL_BSP_SCHEDULE_DELAY":     "50",
 		userservice.TokenKeyVar:       strings.Repeat("k", 32),
+		auth.IdentityKeyVar:           strings.Repeat("i", 32),
 		"KEEL_DATABASE_DATA_DIR":      t.TempDir(),
 		"KEEL_SERVER_ADDR":            "127.0.0.1:0",
 	}

@@ -30,7 +30,7 @@ const Name = "user"
 // Secrets the service reads from its environment, never from configuration.
 const (
 	// TokenKeyVar holds the key that signs login tokens, at least 32 bytes.
-	TokenKeyVar = "KEEL_TOKEN_KEY"
+	TokenKeyVar = auth.TokenKeyVar
 	// DatabaseDSNVar is [database.DSNVar], the PostgreSQL connection
 	// string when database/driver is postgres.
 	DatabaseDSNVar = database.DSNVar

@@ -12,6 +12,8 @@
 //     an idempotency_key already used with a different request (another
 //     user or other lines; the unit prices a caller sends are ignored,
 //     so they do not count).
+//   - permission_denied: a logged-in user ordering as another, or reading
+//     another's orders (the edge says who the caller is).
 //   - failed_precondition: the order was cancelled (out of stock,
 //     payment declined, or a step that kept failing); the message names
 //     the order and the reason, and the error carries the order as a
@@ -46,6 +48,7 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/order/v1/orderv1connect"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/saga"
 	"github.com/keelplatform/keel/services/order/internal/order"
 )
@@ -111,6 +114,9 @@ func (h *Handler) PlaceOrder(ctx context.Context, req *connect.Request[orderv1.P
 		return nil, invalid("user_id must be a UUID")
 	}
 	userID := user.String()
+	if err := auth.RequireOwner(ctx, userID, "user_id "+userID); err != nil {
+		return nil, err // users order as themselves only
+	}
 	requested, err := checkLines(m.GetLines())
 	if err != nil {
 		return nil, err
@@ -263,6 +269,9 @@ func (h *Handler) GetOrder(ctx context.Context, req *connect.Request[orderv1.Get
 	if err != nil {
 		return nil, h.internal(ctx, req.Spec(), err)
 	}
+	if err := auth.RequireOwner(ctx, o.UserID, "order "+id); err != nil {
+		return nil, err
+	}
 	return connect.NewResponse(&orderv1.GetOrderResponse{Order: toProto(o)}), nil
 }
 
@@ -271,6 +280,9 @@ func (h *Handler) ListOrders(ctx context.Context, req *connect.Request[orderv1.L
 	user, err := uuid.Parse(req.Msg.GetUserId())
 	if err != nil {
 		return nil, invalid("user_id must be a UUID")
+	}
+	if err := auth.RequireOwner(ctx, user.String(), "the orders of user "+user.String()); err != nil {
+		return nil, err
 	}
 	size := int(req.Msg.GetPageSize())
 	switch {

@@ -26,6 +26,7 @@ import (
 	moneyv1 "github.com/keelplatform/keel/gen/go/shop/money/v1"
 	paymentv1 "github.com/keelplatform/keel/gen/go/shop/payment/v1"
 	"github.com/keelplatform/keel/gen/go/shop/payment/v1/paymentv1connect"
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/services/payment/internal/ledger"
 	"github.com/keelplatform/keel/services/payment/internal/provider"
 )
@@ -248,6 +249,9 @@ func (h *Handler) GetPayment(ctx context.Context, req *connect.Request[paymentv1
 		return nil, paymentNotFound(raw)
 	case err != nil:
 		return nil, h.internal(ctx, req.Spec(), err)
+	}
+	if err := auth.RequireOwner(ctx, p.UserID.String(), "payment "+raw); err != nil {
+		return nil, err
 	}
 	return connect.NewResponse(&paymentv1.GetPaymentResponse{Payment: toProto(p)}), nil
 }

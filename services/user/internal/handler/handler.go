@@ -185,6 +185,9 @@ func (h *Handler) GetUser(ctx context.Context, req *connect.Request[userv1.GetUs
 	if err != nil {
 		return nil, err
 	}
+	if err := auth.RequireOwner(ctx, id.String(), "user "+id.String()); err != nil {
+		return nil, err
+	}
 	u, err := h.users.GetByID(ctx, id)
 	if err != nil {
 		return nil, h.lookupError(ctx, req.Spec(), id, err)
@@ -196,6 +199,9 @@ func (h *Handler) GetUser(ctx context.Context, req *connect.Request[userv1.GetUs
 func (h *Handler) UpdateProfile(ctx context.Context, req *connect.Request[userv1.UpdateProfileRequest]) (*connect.Response[userv1.UpdateProfileResponse], error) {
 	id, err := parseID(req.Msg.GetId())
 	if err != nil {
+		return nil, err
+	}
+	if err := auth.RequireOwner(ctx, id.String(), "user "+id.String()); err != nil {
 		return nil, err
 	}
 	u, err := h.users.UpdateDisplayName(ctx, id, req.Msg.GetDisplayName())

@@ -81,9 +81,12 @@ type GetProductPageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// item with price and availability.
 	Item *v1.Item `protobuf:"bytes,1,opt,name=item,proto3" json:"item,omitempty"`
-	// in_stock is true when at least one unit can be ordered.
+	// in_stock is true when at least one unit can be ordered (the item's
+	// available count is above zero).
 	InStock bool `protobuf:"varint,2,opt,name=in_stock,json=inStock,proto3" json:"in_stock,omitempty"`
-	// degraded names the parts that could not be fetched.
+	// degraded names the parts that could not be fetched. A product page has
+	// no optional part yet, so it is empty; the field is there for the parts
+	// a page may gain.
 	Degraded      []string `protobuf:"bytes,3,rep,name=degraded,proto3" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -191,7 +194,8 @@ type OrderViewLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// line as ordered.
 	Line *v11.OrderLine `protobuf:"bytes,1,opt,name=line,proto3" json:"line,omitempty"`
-	// item as it is now; unset when degraded.
+	// item as it is now; unset when it could not be fetched, and then
+	// "items" is listed in the view's degraded.
 	Item          *v1.Item `protobuf:"bytes,2,opt,name=item,proto3" json:"item,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -248,11 +252,22 @@ type GetOrderViewResponse struct {
 	Order *v11.Order `protobuf:"bytes,1,opt,name=order,proto3" json:"order,omitempty"`
 	// lines with their items.
 	Lines []*OrderViewLine `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
-	// payment of the order, when there is one.
+	// payment of the order, when there is one: unset when the order has no
+	// payment_id (not charged yet, or cancelled before the charge), or when
+	// it could not be fetched ("payment" degraded).
 	Payment *v12.Payment `protobuf:"bytes,3,opt,name=payment,proto3" json:"payment,omitempty"`
-	// buyer_display_name is the display name of the user who ordered.
+	// buyer_display_name is the display name of the user who ordered; empty
+	// when it could not be fetched ("buyer" degraded).
 	BuyerDisplayName string `protobuf:"bytes,4,opt,name=buyer_display_name,json=buyerDisplayName,proto3" json:"buyer_display_name,omitempty"`
-	// degraded names the parts that could not be fetched.
+	// degraded names the optional parts that could not be fetched, whatever
+	// the reason (their service down, slower than its deadline, or without
+	// the record), in this order:
+	//   - "items": the item of at least one line (those lines' item is
+	//     unset);
+	//   - "payment": the order's payment;
+	//   - "buyer": the buyer's display name.
+	//
+	// Empty when the view is whole.
 	Degraded      []string `protobuf:"bytes,5,rep,name=degraded,proto3" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -398,6 +398,10 @@ export const OrderStatusSchema: GenEnum<OrderStatus> = /*@__PURE__*/
  *   - failed_precondition: out of stock or payment declined (the order is
  *     still recorded, CANCELLED with the reason, and returned by GetOrder).
  *   - not_found: an unknown order id.
+ *   - unauthenticated: through the edge, a call without a valid login
+ *     token.
+ *   - permission_denied: a user placing an order as another user, or
+ *     reading or listing another user's orders.
  *
  * @generated from service shop.order.v1.OrderService
  */

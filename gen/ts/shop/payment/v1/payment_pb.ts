@@ -377,6 +377,10 @@ export const PaymentStatusSchema: GenEnum<PaymentStatus> = /*@__PURE__*/
  *   - not_found: an unknown payment id.
  *   - unavailable: the payment provider did not answer; retry with the same
  *     key.
+ *   - unauthenticated: through the edge, a call without a valid login
+ *     token.
+ *   - permission_denied: reading another user's payment; Charge and
+ *     Refund are internal, for the order saga alone.
  *
  * @generated from service shop.payment.v1.PaymentService
  */

@@ -59,14 +59,17 @@ export type GetProductPageResponse = Message<"shop.storefront.v1.GetProductPageR
   item?: Item | undefined;
 
   /**
-   * in_stock is true when at least one unit can be ordered.
+   * in_stock is true when at least one unit can be ordered (the item's
+   * available count is above zero).
    *
    * @generated from field: bool in_stock = 2;
    */
   inStock: boolean;
 
   /**
-   * degraded names the parts that could not be fetched.
+   * degraded names the parts that could not be fetched. A product page has
+   * no optional part yet, so it is empty; the field is there for the parts
+   * a page may gain.
    *
    * @generated from field: repeated string degraded = 3;
    */
@@ -115,7 +118,8 @@ export type OrderViewLine = Message<"shop.storefront.v1.OrderViewLine"> & {
   line?: OrderLine | undefined;
 
   /**
-   * item as it is now; unset when degraded.
+   * item as it is now; unset when it could not be fetched, and then
+   * "items" is listed in the view's degraded.
    *
    * @generated from field: shop.inventory.v1.Item item = 2;
    */
@@ -150,21 +154,31 @@ export type GetOrderViewResponse = Message<"shop.storefront.v1.GetOrderViewRespo
   lines: OrderViewLine[];
 
   /**
-   * payment of the order, when there is one.
+   * payment of the order, when there is one: unset when the order has no
+   * payment_id (not charged yet, or cancelled before the charge), or when
+   * it could not be fetched ("payment" degraded).
    *
    * @generated from field: shop.payment.v1.Payment payment = 3;
    */
   payment?: Payment | undefined;
 
   /**
-   * buyer_display_name is the display name of the user who ordered.
+   * buyer_display_name is the display name of the user who ordered; empty
+   * when it could not be fetched ("buyer" degraded).
    *
    * @generated from field: string buyer_display_name = 4;
    */
   buyerDisplayName: string;
 
   /**
-   * degraded names the parts that could not be fetched.
+   * degraded names the optional parts that could not be fetched, whatever
+   * the reason (their service down, slower than its deadline, or without
+   * the record), in this order:
+   *   - "items": the item of at least one line (those lines' item is
+   *     unset);
+   *   - "payment": the order's payment;
+   *   - "buyer": the buyer's display name.
+   * Empty when the view is whole.
    *
    * @generated from field: repeated string degraded = 5;
    */
@@ -179,15 +193,31 @@ export const GetOrderViewResponseSchema: GenMessage<GetOrderViewResponse> = /*@_
   messageDesc(file_shop_storefront_v1_storefront, 4);
 
 /**
- * StorefrontService aggregates the shop for front ends. A part that cannot
- * be fetched in time is left unset and named in `degraded`, rather than
- * failing the whole page.
+ * StorefrontService aggregates the shop for front ends. Each read has an
+ * essential part, without which there is nothing to show, and may have
+ * optional parts. The storefront asks the services it depends on in
+ * parallel, each call under a deadline of its own (the storefront's
+ * setting dependencies/<service>/timeout). An optional part that cannot be
+ * fetched in time, or at all, is left unset and its name is listed in
+ * `degraded`, and the call still succeeds; a front end shows the rest and
+ * may ask again later. Errors come from the essential part only:
+ *   - not_found: the sku names no item, or the order_id no order; the
+ *     message names it.
+ *   - unavailable: the service that holds the essential part (inventory
+ *     for a product page, order for an order view) did not answer within
+ *     its deadline, or is down; retry.
+ *   - invalid_argument: a field breaks its rule; the message names it.
+ *   - permission_denied, unauthenticated: as the service that holds the
+ *     essential part answered them (an order of another user).
+ *   - deadline_exceeded, canceled: the caller's own deadline or
+ *     cancellation.
  *
  * @generated from service shop.storefront.v1.StorefrontService
  */
 export const StorefrontService: GenService<{
   /**
-   * GetProductPage returns an item with what a product page shows.
+   * GetProductPage returns an item with what a product page shows. The
+   * item, from the inventory, is essential.
    *
    * @generated from rpc shop.storefront.v1.StorefrontService.GetProductPage
    */
@@ -198,6 +228,9 @@ export const StorefrontService: GenService<{
   },
   /**
    * GetOrderView returns an order with its items, payment and buyer name.
+   * The order, from the order service, is essential; the items of its
+   * lines, its payment and its buyer's name are optional, fetched in
+   * parallel once the order is known.
    *
    * @generated from rpc shop.storefront.v1.StorefrontService.GetOrderView
    */

@@ -342,6 +342,10 @@ export const ListUsersResponseSchema: GenMessage<ListUsersResponse> = /*@__PURE_
  *   - unauthenticated: Login with an unknown email or a wrong password; the
  *     message never says which.
  *   - invalid_argument: a field breaks its rule; the message names the field.
+ *   - unauthenticated: through the edge, a call other than Register and
+ *     Login without a valid login token.
+ *   - permission_denied: reading or changing another user's account;
+ *     ListUsers is internal, for operators' tools on the platform's side.
  *
  * @generated from service shop.user.v1.UserService
  */

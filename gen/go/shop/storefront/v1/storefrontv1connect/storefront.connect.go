@@ -45,9 +45,13 @@ const (
 
 // StorefrontServiceClient is a client for the shop.storefront.v1.StorefrontService service.
 type StorefrontServiceClient interface {
-	// GetProductPage returns an item with what a product page shows.
+	// GetProductPage returns an item with what a product page shows. The
+	// item, from the inventory, is essential.
 	GetProductPage(context.Context, *connect.Request[v1.GetProductPageRequest]) (*connect.Response[v1.GetProductPageResponse], error)
 	// GetOrderView returns an order with its items, payment and buyer name.
+	// The order, from the order service, is essential; the items of its
+	// lines, its payment and its buyer's name are optional, fetched in
+	// parallel once the order is known.
 	GetOrderView(context.Context, *connect.Request[v1.GetOrderViewRequest]) (*connect.Response[v1.GetOrderViewResponse], error)
 }
 
@@ -98,9 +102,13 @@ func (c *storefrontServiceClient) GetOrderView(ctx context.Context, req *connect
 // StorefrontServiceHandler is an implementation of the shop.storefront.v1.StorefrontService
 // service.
 type StorefrontServiceHandler interface {
-	// GetProductPage returns an item with what a product page shows.
+	// GetProductPage returns an item with what a product page shows. The
+	// item, from the inventory, is essential.
 	GetProductPage(context.Context, *connect.Request[v1.GetProductPageRequest]) (*connect.Response[v1.GetProductPageResponse], error)
 	// GetOrderView returns an order with its items, payment and buyer name.
+	// The order, from the order service, is essential; the items of its
+	// lines, its payment and its buyer's name are optional, fetched in
+	// parallel once the order is known.
 	GetOrderView(context.Context, *connect.Request[v1.GetOrderViewRequest]) (*connect.Response[v1.GetOrderViewResponse], error)
 }
 

@@ -1,0 +1,151 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	optionsv1 "github.com/keelplatform/keel/gen/go/keel/options/v1"
+	"github.com/keelplatform/keel/internal/auth"
+)
+
+// access is who may call a method, as its contract says.
+type access uint8
+
+const (
+	// loginRequired: a caller with a valid login token. The default, also
+	// for the methods of a contract the edge has no descriptor of.
+	loginRequired access = iota
+	// public: anyone; (keel.options.v1.method).public.
+	public
+	// internalOnly: no caller from outside; (keel.options.v1.method).internal.
+	internalOnly
+)
+
+// accessOf reads a method's access from its contract options.
+func accessOf(md protoreflect.MethodDescriptor) access {
+	opts := md.Options()
+	if opts == nil || !proto.HasExtension(opts, optionsv1.E_Method) {
+		return loginRequired
+	}
+	rules, _ := proto.GetExtension(opts, optionsv1.E_Method).(*optionsv1.MethodRules)
+	switch {
+	case rules.GetInternal():
+		return internalOnly
+	case rules.GetPublic():
+		return public
+	}
+	return loginRequired
+}
+
+// Auth is how the edge authenticates callers and vouches for them to the
+// services.
+type Auth struct {
+	// Tokens verifies the login tokens callers send as "Authorization:
+	// Bearer <token>".
+	Tokens auth.Verifier
+	// IdentityKey signs the identity the edge forwards upstream in
+	// [auth.IdentityHeader]; the services of the environment hold the same
+	// key (KEEL_IDENTITY_KEY). At least [auth.MinKeyLen] bytes.
+	IdentityKey []byte
+}
+
+// authenticator applies the contract's access rules to each call.
+type authenticator struct {
+	tokens      auth.Verifier
+	identityKey []byte
+
+	// signed caches users' identity tokens for half their life, so that
+	// a busy caller does not cost a signature per call: a fixed number of
+	// slots, by a hash of the user id, each holding the last user signed.
+	signed [identitySlots]atomic.Pointer[identity]
+}
+
+// identitySlots bounds the identity tokens kept, whatever the users.
+const identitySlots = 1024
+
+type identity struct {
+	user  string
+	token string
+	renew time.Time
+}
+
+func newAuthenticator(a *Auth) (*authenticator, error) {
+	if a == nil {
+		return nil, nil
+	}
+	if a.Tokens == nil {
+		return nil, errors.New("auth: no token verifier")
+	}
+	if len(a.IdentityKey) < auth.MinKeyLen {
+		return nil, fmt.Errorf("auth: identity key (%s): %w", auth.IdentityKeyVar, auth.ErrKeyTooShort)
+	}
+	return &authenticator{tokens: a.Tokens, identityKey: a.IdentityKey}, nil
+}
+
+// Errors callers get; they say what to do and nothing of why a token
+// failed beyond that.
+var (
+	errNoToken      = errors.New("this method needs a login: send the token Login returns as \"Authorization: Bearer <token>\"")
+	errBadToken     = errors.New("the bearer token is invalid or expired: log in again")
+	errNotBearer    = errors.New("the Authorization header must be \"Bearer <token>\"")
+	errVerifyFailed = errors.New("the login token could not be checked now; try again")
+)
+
+// check decides whether the call to procedure path, whose contract says
+// acc, may go on, and returns the authenticated user ("" for an anonymous
+// call to a public method). It removes the Authorization header: the
+// services get the identity the edge vouches for, never the token.
+func (a *authenticator) check(ctx context.Context, h http.Header, path string, acc access) (string, error) {
+	if acc == internalOnly {
+		return "", connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%s is internal to the platform", strings.TrimPrefix(path, "/")))
+	}
+	values := h["Authorization"]
+	delete(h, "Authorization")
+	if len(values) == 0 {
+		if acc == public {
+			return "", nil
+		}
+		return "", connect.NewError(connect.CodeUnauthenticated, errNoToken)
+	}
+	scheme, token, ok := strings.Cut(values[0], " ")
+	if len(values) > 1 || !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return "", connect.NewError(connect.CodeUnauthenticated, errNotBearer)
+	}
+	user, err := a.tokens.Verify(ctx, strings.TrimSpace(token))
+	switch {
+	case errors.Is(err, auth.ErrInvalidToken):
+		return "", connect.NewError(connect.CodeUnauthenticated, errBadToken)
+	case err != nil:
+		return "", connect.NewError(connect.CodeUnavailable, errVerifyFailed)
+	}
+	return user, nil
+}
+
+// identitySeed hashes user ids to slots.
+var identitySeed = maphash.MakeSeed()
+
+// vouch sets the identity header the services believe for user.
+func (a *authenticator) vouch(h http.Header, user string) error {
+	slot := &a.signed[maphash.String(identitySeed, user)%identitySlots]
+	if id := slot.Load(); id != nil && id.user == user && time.Now().Before(id.renew) {
+		h[auth.IdentityHeader] = []string{id.token}
+		return nil
+	}
+	token, expires, err := auth.SignIdentity(a.identityKey, user)
+	if err != nil {
+		return fmt.Errorf("sign identity: %w", err)
+	}
+	slot.Store(&identity{user: user, token: token, renew: expires.Add(-auth.IdentityTTL / 2)})
+	h[auth.IdentityHeader] = []string{token}
+	return nil
+}
