@@ -3,9 +3,10 @@
 // each "/package.Service/Method" call to the service that owns it, passing
 // Connect, gRPC and gRPC-Web through unchanged, under the call policy of
 // internal/callpolicy (balancing, breakers, retries, throttling, deadlines);
-// it sheds load it cannot take, enforces the request size limit, traces
-// every call, and serves gRPC health and reflection for everything it
-// routes.
+// it serves the REST routes the contracts declare (google.api.http),
+// transcoded into calls that take the same path; it sheds load it cannot
+// take, enforces the request size limit, traces every call, and serves gRPC
+// health and reflection for everything it routes.
 package edge
 
 import (
@@ -143,7 +144,15 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 		e.proxy.tracer = cfg.Telemetry.Tracer("github.com/keelplatform/keel/edge")
 		e.proxy.propagator = cfg.Telemetry.Propagator()
 	}
-	srv.HandleHTTP("/", e.proxy)
+	rest, err := newRESTGateway(routes, e.proxy)
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
+	if rest == nil {
+		srv.HandleHTTP("/", e.proxy)
+	} else {
+		srv.HandleHTTP("/", &front{proxy: e.proxy, rest: rest})
+	}
 	e.server = srv
 	return e, nil
 }
@@ -153,7 +162,8 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 func (e *Edge) SetAllowedOrigins(origins []string) {
 	e.cors.Store(cors.New(cors.Options{
 		AllowedOrigins: origins,
-		AllowedMethods: connectcors.AllowedMethods(),
+		// Connect's methods, and those REST routes use besides.
+		AllowedMethods: append(connectcors.AllowedMethods(), http.MethodPut, http.MethodPatch, http.MethodDelete),
 		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),
 		ExposedHeaders: connectcors.ExposedHeaders(),
 		MaxAge:         7200,

@@ -94,7 +94,8 @@ func TestEdgeCountsCallsByServiceAndUpstreamCode(t *testing.T) {
 		`keel_edge_requests_total{code="ok",service="echo"}`:                  3,
 		`keel_edge_requests_total{code="failed_precondition",service="echo"}`: 3,
 		`keel_edge_requests_total{code="deadline_exceeded",service="echo"}`:   2,
-		`keel_edge_requests_total{code="unimplemented",service="unrouted"}`:   2,
+		`keel_edge_requests_total{code="unimplemented",service="unrouted"}`:   1,
+		`keel_edge_requests_total{code="not_found",service="unrouted"}`:       1, // no such REST route
 		`keel_edge_requests_total{code="unavailable",service="empty"}`:        1,
 		`keel_edge_duration_seconds_count{service="echo"}`:                    8,
 	}

@@ -59,10 +59,25 @@ type exchange struct {
 	route  *route
 	report callpolicy.Report
 	span   trace.Span
+	// rest marks a REST call the edge transcoded (see rest.go): the
+	// request is a Connect one by now, but the caller spoke REST.
+	rest bool
+}
+
+// protocol names the protocol the caller spoke.
+func (x *exchange) protocol(r *http.Request) string {
+	if x.rest {
+		return "rest"
+	}
+	return protocolOf(r)
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	x := exchange{start: time.Now()}
+	p.serve(w, r, exchange{start: time.Now()})
+}
+
+// serve forwards the call r, recorded in x.
+func (p *proxy) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 	rt, proc, ok := p.routes.lookup(r.URL.Path)
 	if !ok {
 		server.WriteNotFound(w, r, p.errors)
@@ -79,7 +94,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if p.tracer != nil {
-		ctx, x.span = p.startSpan(ctx, r)
+		ctx, x.span = p.startSpan(ctx, r, &x)
 		defer x.span.End()
 	}
 
@@ -415,7 +430,7 @@ func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
 	}
 	p.logger.LogAttrs(ctx, slog.LevelInfo, "call",
 		slog.String("procedure", r.URL.Path),
-		slog.String("protocol", protocolOf(r)),
+		slog.String("protocol", x.protocol(r)),
 		slog.String("upstream", service),
 		slog.String("code", server.CodeLabel(code)),
 		slog.Duration("duration", time.Since(x.start)),
@@ -428,14 +443,14 @@ func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
 // it starts a new trace for every call and links the caller's trace
 // context, if any, rather than letting callers choose traces and their
 // sampling.
-func (p *proxy) startSpan(ctx context.Context, r *http.Request) (context.Context, trace.Span) {
+func (p *proxy) startSpan(ctx context.Context, r *http.Request, x *exchange) (context.Context, trace.Span) {
 	opts := []trace.SpanStartOption{
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithNewRoot(),
 		trace.WithAttributes(
 			attribute.String("rpc.system", rpcSystem(r)),
 			attribute.String("rpc.method", strings.TrimPrefix(r.URL.Path, "/")),
-			attribute.String("keel.protocol", protocolOf(r)),
+			attribute.String("keel.protocol", x.protocol(r)),
 		),
 	}
 	if remote := trace.SpanContextFromContext(p.propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))); remote.IsValid() {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/keelplatform/keel/edge"
+	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/server"
 )
@@ -43,8 +44,10 @@ func BenchmarkProxyUnary(b *testing.B) {
 		b.Fatal(err)
 	}
 	e, err := edge.New(edge.Config{
-		Server:   server.Config{Addr: "127.0.0.1:0"},
-		Services: []string{echoService},
+		Server: server.Config{Addr: "127.0.0.1:0"},
+		// The user service's contract declares REST routes, so the edge
+		// has its REST gateway in front, as in production.
+		Services: []string{echoService, userv1connect.UserServiceName},
 		Routes:   map[string]string{echoService: "echo"},
 	}, registry, logger)
 	if err != nil {
