@@ -51,6 +51,9 @@ fi
 step "tools"
 ./scripts/third-party.sh
 ./scripts/test-deps.sh
+# grpcurl, which the README's examples and the tests run through the edge's
+# reflection, pinned in its own module: built once here, cached after.
+go tool -modfile=tools/grpcurl/go.mod grpcurl -version >/dev/null 2>&1
 # The Consul agent and the Jaeger the tests run: each cached after its
 # first build (minutes).
 KEEL_CONSUL_BIN="$(./consul/get-consul.sh)"

@@ -1,15 +1,11 @@
 package platform_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -406,72 +402,6 @@ func TestRESTRefusesWhatIsNoCall(t *testing.T) {
 	// The valid body is an order.
 	if status, data := s.rest(t, "POST", "/v1/orders", valid); status != http.StatusOK || !strings.Contains(string(data), "ORDER_STATUS_CONFIRMED") {
 		t.Fatalf("place order: %d %s", status, data)
-	}
-}
-
-// restExampleTag tags a REST example of the README: an HTML comment
-// "<!-- rest example: NAME -->" on the line before its ```sh fence.
-var restExampleTag = regexp.MustCompile(`^<!-- rest example: ([a-z0-9-]+) -->`)
-
-// TestReadmeRESTExamples runs the README's REST examples as written,
-// against a platform of their own, and checks what they print.
-func TestReadmeRESTExamples(t *testing.T) {
-	f, err := os.Open(readmePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	examples := map[string]string{}
-	var name, block string
-	inBlock := false
-	scanner := bufio.NewScanner(f)
-	for scanner.Scan() {
-		line := scanner.Text()
-		switch {
-		case inBlock && line == "```":
-			examples[name], inBlock, name = block, false, ""
-		case inBlock:
-			block += line + "\n"
-		case name != "" && line == "```sh":
-			inBlock, block = true, ""
-		case restExampleTag.MatchString(line):
-			name = restExampleTag.FindStringSubmatch(line)[1]
-		}
-	}
-	f.Close()
-	checks := map[string]func(out map[string]any) bool{
-		"get-item": func(out map[string]any) bool {
-			item, _ := out["item"].(map[string]any)
-			return item["sku"] == "KEEL-MUG" && item["available"] == "100"
-		},
-		"register": func(out map[string]any) bool {
-			user, _ := out["user"].(map[string]any)
-			id, _ := user["id"].(string)
-			return id != "" && user["email"] == "lin@example.com"
-		},
-	}
-	if len(examples) != len(checks) {
-		t.Fatalf("the README has REST examples %v; this test checks %d", examples, len(checks))
-	}
-	s := startShop(t)
-	for name, check := range checks {
-		t.Run(name, func(t *testing.T) {
-			code, ok := examples[name]
-			if !ok {
-				t.Fatalf("no REST example %q in the README", name)
-			}
-			if !strings.Contains(code, "http://127.0.0.1:8080/") {
-				t.Fatalf("the example does not call the edge at its default address:\n%s", code)
-			}
-			cmd := exec.Command("bash", "-euo", "pipefail", "-c", strings.ReplaceAll(code, "http://127.0.0.1:8080/", s.url+"/"))
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("%v\n%s", err, code)
-			}
-			var got map[string]any
-			if err := json.Unmarshal(out, &got); err != nil || !check(got) {
-				t.Fatalf("the example printed %s (%v)\n%s", out, err, code)
-			}
-		})
 	}
 }
 
