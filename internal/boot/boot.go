@@ -298,7 +298,7 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		Tags:    []string{"keel", "connect", "grpc", "grpc-web"},
 		Meta: map[string]string{
 			"env":       string(opts.Env),
-			"version":   buildVersion(),
+			"version":   instanceVersion(opts.LookupEnv),
 			"protocols": "connect,grpc,grpc-web",
 		},
 	}
@@ -345,6 +345,20 @@ func Run[T Settings](ctx context.Context, svc Service[T], opts Options) error {
 		return err
 	}
 	return r.Wait()
+}
+
+// VersionVar names the environment variable that sets the "version" an
+// instance carries in discovery metadata, which the edge's canary
+// routing selects instances by; without it, the binary's build version.
+const VersionVar = "KEEL_VERSION"
+
+// instanceVersion is the version an instance registers with:
+// KEEL_VERSION, else the build's.
+func instanceVersion(lookupEnv func(string) (string, bool)) string {
+	if v, ok := lookupEnv(VersionVar); ok && v != "" {
+		return v
+	}
+	return buildVersion()
 }
 
 // buildVersion is the VCS revision the binary was built from, or "dev".

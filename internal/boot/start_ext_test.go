@@ -82,3 +82,46 @@ func TestFailedStartReleasesWhatItHeld(t *testing.T) {
 	}
 	again.Close()
 }
+
+// TestInstanceVersionFromTheEnvironment: KEEL_VERSION is the version an
+// instance registers with (what the edge's canary routing selects by);
+// without it, the build's.
+func TestInstanceVersionFromTheEnvironment(t *testing.T) {
+	t.Parallel()
+	for _, version := range []string{"v2", ""} {
+		ctx, cancel := context.WithCancel(context.Background())
+		registry := discovery.NewStatic()
+		var watcher *config.Watcher[tinySettings]
+		r, err := boot.Start(ctx, tinyService(&watcher), boot.Options{
+			Env:       config.EnvLocal,
+			ConfigDir: t.TempDir() + "/none", // no files: built-in defaults
+			Backend:   boot.Static{Discovery: registry},
+			Log:       io.Discard,
+			LookupEnv: func(name string) (string, bool) {
+				if name == boot.VersionVar && version != "" {
+					return version, true
+				}
+				return "", false
+			},
+		})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		instances, err := registry.Instances("tiny")
+		got := ""
+		if err == nil {
+			got = instances[0].Meta["version"]
+		}
+		cancel()
+		if err := r.Wait(); err != nil {
+			t.Error(err)
+		}
+		switch {
+		case version != "" && got != version:
+			t.Errorf("KEEL_VERSION=%s: registered version %q", version, got)
+		case version == "" && got == "":
+			t.Error("without KEEL_VERSION: no version registered")
+		}
+	}
+}

@@ -50,6 +50,9 @@ type endpoint struct {
 	lastSample atomic.Int64 // the same, for readers without mu
 
 	breaker atomic.Pointer[breaker]
+	// meta is the discovery metadata of the instance at addr, as the
+	// resolver last described it.
+	meta atomic.Pointer[map[string]string]
 
 	picks prometheus.Counter
 	state prometheus.Gauge
@@ -192,6 +195,8 @@ func (b *balancer) endpoints() ([]*endpoint, error) {
 			}
 			b.byAddr[inst.Addr] = e
 		}
+		meta := inst.Meta
+		e.meta.Store(&meta)
 		eps = append(eps, e)
 	}
 	for addr, e := range b.byAddr {
@@ -269,7 +274,9 @@ func (b *balancer) setSettings(s *config.Calls) {
 
 // pick chooses the endpoint of the next attempt among those not in
 // tried, by power of two choices, and takes a permit from its breaker.
-func (b *balancer) pick(tried []*endpoint) (*endpoint, error) {
+// With a preference, the endpoints it prefers are chosen from first, and
+// the others only when none of those can take the attempt.
+func (b *balancer) pick(tried []*endpoint, pref *Preference) (*endpoint, error) {
 	eps, err := b.endpoints()
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", b.service, err)
@@ -277,23 +284,48 @@ func (b *balancer) pick(tried []*endpoint) (*endpoint, error) {
 	settings := b.settings.Load()
 	now := time.Now()
 	var refused []*endpoint // breakers that refused a permit in this pick
-	for {
-		e := choose(eps, tried, refused, now, settings.Balancer)
-		if e == nil {
-			switch {
-			case len(refused) > 0 && len(tried) == 0:
-				return nil, fmt.Errorf("%s: %w", b.service, ErrAllOpen)
-			case len(tried) > 0:
-				return nil, fmt.Errorf("%s: %w", b.service, errNoOther)
+	if pref != nil {
+		var first, second [16]*endpoint
+		preferred, others := first[:0], second[:0]
+		for _, e := range eps {
+			if pref.matches(e) {
+				preferred = append(preferred, e)
+			} else {
+				others = append(others, e)
 			}
-			return nil, fmt.Errorf("%s: %w", b.service, ErrAllOpen)
+		}
+		if e := pickAmong(preferred, tried, &refused, now, settings.Balancer); e != nil {
+			return e, nil
+		}
+		eps = others
+	}
+	if e := pickAmong(eps, tried, &refused, now, settings.Balancer); e != nil {
+		return e, nil
+	}
+	switch {
+	case len(refused) > 0 && len(tried) == 0:
+		return nil, fmt.Errorf("%s: %w", b.service, ErrAllOpen)
+	case len(tried) > 0:
+		return nil, fmt.Errorf("%s: %w", b.service, errNoOther)
+	}
+	return nil, fmt.Errorf("%s: %w", b.service, ErrAllOpen)
+}
+
+// pickAmong chooses among eps as [balancer.pick] does, adding the
+// endpoints whose breaker refused a permit to refused; nil when none
+// takes the attempt.
+func pickAmong(eps, tried []*endpoint, refused *[]*endpoint, now time.Time, s config.Balancer) *endpoint {
+	for {
+		e := choose(eps, tried, *refused, now, s)
+		if e == nil {
+			return nil
 		}
 		if e.breaker.Load().cb.TryAcquirePermit() {
 			e.lastPick.Store(now.UnixNano())
 			e.picks.Inc()
-			return e, nil
+			return e
 		}
-		refused = append(refused, e)
+		*refused = append(*refused, e)
 	}
 }
 

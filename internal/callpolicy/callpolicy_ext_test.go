@@ -19,6 +19,7 @@ import (
 
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
+	"github.com/keelplatform/keel/internal/callpolicy"
 	"github.com/keelplatform/keel/internal/client"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
@@ -626,5 +627,68 @@ func TestSettingsApplyToTheNextCall(t *testing.T) {
 	failed := countFailures()
 	if failing.calls.Load() > before && failed == 0 {
 		t.Fatalf("retries still on after max_attempts became 1: the failing instance got %d calls, none failed", failing.calls.Load()-before)
+	}
+}
+
+// TestPreferenceSteersBeforeBalancing: calls with a preference go to the
+// instances whose metadata it names (or, excluding, to the others), in
+// every protocol and for retries too; when none of those can take a call
+// (a dead instance, then none at all), the others take it.
+func TestPreferenceSteersBeforeBalancing(t *testing.T) {
+	t.Parallel()
+	for name, opts := range protocols {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			v1a, v1b, v2 := startInstance(t), startInstance(t), startInstance(t)
+			registry := discovery.NewStatic()
+			register := func(id, addr, version string) {
+				t.Helper()
+				if err := registry.Register(context.Background(), discovery.Instance{ID: id, Service: "user", Addr: addr, Meta: map[string]string{"version": version}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			register("a", v1a.addr, "v1")
+			register("b", v1b.addr, "v1")
+			register("c", v2.addr, "v2")
+			peers, err := client.New(registry, client.Options{Calls: new(config.DefaultCalls()), Metrics: prometheus.NewRegistry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(peers.CloseIdleConnections)
+			users := client.Connect(peers, "user", userv1connect.NewUserServiceClient, opts...)
+			canary := callpolicy.WithPreference(context.Background(), callpolicy.Preference{Key: "version", Value: "v2"})
+			stable := callpolicy.WithPreference(context.Background(), callpolicy.Preference{Key: "version", Value: "v2", Exclude: true})
+			for i := range 40 {
+				ctx := canary
+				if i%4 == 0 {
+					ctx = stable
+				}
+				if err := getUser(ctx, users); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if v2.calls.Load() != 30 || v1a.calls.Load()+v1b.calls.Load() != 10 || v1a.calls.Load() == 0 || v1b.calls.Load() == 0 {
+				t.Fatalf("v2 served %d, v1 %d+%d; want 30 on v2, 10 on v1, both v1 instances used", v2.calls.Load(), v1a.calls.Load(), v1b.calls.Load())
+			}
+			// The preferred instance fails: the retry stays on its side
+			// while it can, then goes to the other.
+			v2.mode.Store(unavailable)
+			if err := getUser(canary, users); err != nil {
+				t.Fatalf("preferred instance failing: %v, want the call served by another", err)
+			}
+			// No preferred instance at all: the others serve.
+			if err := registry.Deregister(context.Background(), "c"); err != nil {
+				t.Fatal(err)
+			}
+			before := v1a.calls.Load() + v1b.calls.Load()
+			for range 10 {
+				if err := getUser(canary, users); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := v1a.calls.Load() + v1b.calls.Load() - before; got != 10 {
+				t.Fatalf("no v2 instance: v1 served %d of 10", got)
+			}
+		})
 	}
 }

@@ -273,6 +273,8 @@ type call struct {
 	// a body read from buf.
 	hedging bool
 	buf     []byte
+	// pref steers the attempts, when the caller gave a preference.
+	pref *Preference
 
 	mu       sync.Mutex
 	tried    []*endpoint
@@ -282,7 +284,7 @@ type call struct {
 }
 
 func (t *Transport) unary(ctx context.Context, u *upstream, p *policy, req *http.Request, m Method) (*http.Response, error) {
-	c := &call{t: t, u: u, p: p, req: req, m: m, h1: connectUnary(req)}
+	c := &call{t: t, u: u, p: p, req: req, m: m, h1: connectUnary(req), pref: preferenceOf(req.Context())}
 	exec := p.plain
 	if m.ReadOnly && p.hedged != nil {
 		if h, ok := p.hedged[m.Name]; ok {
@@ -337,7 +339,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 	c.mu.Lock()
 	tried := c.tried
 	c.mu.Unlock()
-	ep, err := c.u.balancer.pick(tried)
+	ep, err := c.u.balancer.pick(tried, c.pref)
 	if err != nil && exec.IsHedge() {
 		// No instance left to hedge to: this hedge gives no answer, and
 		// the attempts under way give theirs.
@@ -516,8 +518,9 @@ func (c *call) keep(o *outcome) {
 func (t *Transport) stream(ctx context.Context, cancel context.CancelFunc, u *upstream, p *policy, req *http.Request) (*http.Response, error) {
 	var tried []*endpoint
 	decay := p.settings.Balancer.Decay
+	pref := preferenceOf(req.Context())
 	for {
-		ep, err := u.balancer.pick(tried)
+		ep, err := u.balancer.pick(tried, pref)
 		if err != nil {
 			cancel()
 			if len(tried) > 0 {
@@ -717,4 +720,40 @@ func WithReport(ctx context.Context, r *Report) context.Context {
 func reportOf(ctx context.Context) *Report {
 	r, _ := ctx.Value(reportKey{}).(*Report)
 	return r
+}
+
+// Preference steers a call's attempts to the instances whose discovery
+// metadata Key is Value (with Exclude, to those where it is not, or
+// missing), before the balancer picks among them: the others are used
+// only when none of those can take an attempt (none known, or every
+// breaker open), so a preference never fails a call that could be
+// served. The edge routes canary traffic with it.
+type Preference struct {
+	// Key names the metadata, such as "version".
+	Key string
+	// Value is what the preferred instances carry under Key.
+	Value string
+	// Exclude prefers the instances that do not carry Value instead.
+	Exclude bool
+}
+
+func (p *Preference) matches(e *endpoint) bool {
+	var v string
+	if m := e.meta.Load(); m != nil {
+		v = (*m)[p.Key]
+	}
+	return (v == p.Value) != p.Exclude
+}
+
+type preferenceKey struct{}
+
+// WithPreference steers the calls made with the returned context as p
+// says.
+func WithPreference(ctx context.Context, p Preference) context.Context {
+	return context.WithValue(ctx, preferenceKey{}, &p)
+}
+
+func preferenceOf(ctx context.Context) *Preference {
+	p, _ := ctx.Value(preferenceKey{}).(*Preference)
+	return p
 }
