@@ -451,3 +451,59 @@ func TestCheckFile(t *testing.T) {
 		}
 	}
 }
+
+// limited has a map of structs: each entry one value in a file, and in KV
+// either one key or one key per field.
+type limited struct {
+	config.Process `yaml:",inline"`
+	Groups         map[string]group `yaml:"groups"`
+}
+
+type group struct {
+	Rate int           `yaml:"rate"`
+	Per  time.Duration `yaml:"per"`
+}
+
+// TestMapOfStructsInKV: an entry of a map of structs reads the same from
+// a file, from one KV key, and from one KV key per field (what pushing
+// the file writes); a field the struct does not have is an unknown key,
+// and an entry given both ways is refused, naming it.
+func TestMapOfStructsInKV(t *testing.T) {
+	t.Parallel()
+	load := func(file string, kv map[string]string) (limited, error) {
+		dir := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(dir, "local"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "local", "svc.yaml"), []byte(file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return config.Load(t.Context(), config.Options[limited]{
+			Service: "svc", Env: config.EnvLocal, Dir: dir, Source: config.NewMemorySource(kv),
+			Defaults: limited{Process: config.DefaultProcess()}, LookupEnv: func(string) (string, bool) { return "", false },
+		})
+	}
+	want := map[string]group{"login": {Rate: 5, Per: time.Minute}}
+	for name, kv := range map[string]map[string]string{
+		"file":         nil,
+		"one key":      {"groups/login": "{rate: 5, per: 1m}"},
+		"key by field": {"groups/login/rate": "5", "groups/login/per": "1m"},
+	} {
+		file := "groups: {}\n"
+		if kv == nil {
+			file = "groups: {login: {rate: 5, per: 1m}}\n"
+		}
+		s, err := load(file, kv)
+		if err != nil || !reflect.DeepEqual(s.Groups, want) {
+			t.Errorf("%s: %+v %v, want %+v", name, s.Groups, err, want)
+		}
+	}
+	_, err := load("", map[string]string{"groups/login/rate": "5", "groups/login/brust": "5"})
+	if err == nil || !strings.Contains(err.Error(), "groups/login/brust") || !errors.Is(err, config.ErrUnknownKey) {
+		t.Errorf("unknown field: %v", err)
+	}
+	_, err = load("", map[string]string{"groups/login": "{rate: 5}", "groups/login/per": "1m"})
+	if err == nil || !strings.Contains(err.Error(), "groups/login") || !strings.Contains(err.Error(), "both") {
+		t.Errorf("an entry given both ways: %v", err)
+	}
+}

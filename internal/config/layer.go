@@ -155,10 +155,22 @@ func (s *schema) readFileLayer(dir string, env Env, service string) (layer, erro
 }
 
 // kvLayer reads the settings in a Source snapshot. Keys ending in '/'
-// (folders) and empty values (unset keys) are skipped.
+// (folders) and empty values (unset keys) are skipped. An entry of a map
+// of structs may be one key holding the whole entry
+// (rate_limits/groups/login: {rate: 5, ...}) or one key per field
+// (rate_limits/groups/login/rate: 5), as a pushed seed file writes it,
+// but not both.
 func (s *schema) kvLayer(src Source, pairs map[string][]byte) (layer, error) {
 	l := layer{}
 	var errs []error
+	// fields gathers the per-field keys of entries, by entry key.
+	type gathered struct {
+		n      *node
+		entry  string
+		value  *yaml.Node
+		origin string
+	}
+	fields := map[string]*gathered{}
 	for _, key := range slices.Sorted(maps.Keys(pairs)) {
 		data := pairs[key]
 		if key == "" || strings.HasSuffix(key, "/") || len(strings.TrimSpace(string(data))) == 0 {
@@ -166,6 +178,10 @@ func (s *schema) kvLayer(src Source, pairs map[string][]byte) (layer, error) {
 		}
 		origin := src.String() + key
 		n, entry := s.find(key)
+		var rest []string
+		if n == nil {
+			n, entry, rest = s.findEntryField(key)
+		}
 		if n == nil {
 			errs = append(errs, &KeyError{Key: key, Origin: origin, Err: ErrUnknownKey})
 			continue
@@ -178,12 +194,101 @@ func (s *schema) kvLayer(src Source, pairs map[string][]byte) (layer, error) {
 		if value == nil {
 			continue
 		}
-		l.set(n, entry, value, origin, &errs)
+		if rest == nil {
+			l.set(n, entry, value, origin, &errs)
+			continue
+		}
+		entryKey := joinPath(n.path, entry)
+		g := fields[entryKey]
+		if g == nil {
+			g = &gathered{n: n, entry: entry, value: &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}, origin: src.String() + entryKey + "/"}
+			fields[entryKey] = g
+		}
+		if err := setPath(g.value, rest, value); err != nil {
+			errs = append(errs, &KeyError{Key: key, Origin: origin, Err: err})
+		}
+	}
+	for _, entryKey := range slices.Sorted(maps.Keys(fields)) {
+		g := fields[entryKey]
+		if _, whole := l[entryKey]; whole {
+			errs = append(errs, &KeyError{Key: entryKey, Origin: g.origin, Err: errors.New("given both as one key and key by key: keep one")})
+			continue
+		}
+		l.set(g.n, g.entry, g.value, g.origin, &errs)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return l, nil
+}
+
+// findEntryField finds a key below an entry of a map whose values are
+// structs ("rate_limits/groups/login/rate"): the map's node, the entry,
+// and the path below it. It returns a nil node for any other key.
+func (s *schema) findEntryField(key string) (*node, string, []string) {
+	segs := strings.Split(key, "/")
+	n := s.root
+	for i, seg := range segs {
+		switch n.kind {
+		case section:
+			child := n.children[seg]
+			if child == nil {
+				return nil, "", nil
+			}
+			n = child
+		case entries:
+			if elem := n.typ.Elem(); i+1 >= len(segs) || seg == "" || elem.Kind() != reflect.Struct || elem == timeType {
+				return nil, "", nil
+			}
+			if i+2 != len(segs) || !hasField(n.typ.Elem(), segs[i+1]) {
+				return nil, "", nil // one level of fields, by their yaml names
+			}
+			return n, seg, segs[i+1:]
+		default:
+			return nil, "", nil
+		}
+	}
+	return nil, "", nil
+}
+
+// hasField reports whether struct type t has a field whose key is name.
+func hasField(t reflect.Type, name string) bool {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, _ := yamlName(f)
+		if key == "" {
+			key = strings.ToLower(f.Name)
+		}
+		if f.IsExported() && key == name {
+			return true
+		}
+	}
+	return false
+}
+
+// setPath sets value at path in the mapping m, making the mappings on
+// the way.
+func setPath(m *yaml.Node, path []string, value *yaml.Node) error {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value != path[0] {
+			continue
+		}
+		if len(path) == 1 {
+			return errors.New("given twice")
+		}
+		if m.Content[i+1].Kind != yaml.MappingNode {
+			return fmt.Errorf("%s holds a value, not keys", path[0])
+		}
+		return setPath(m.Content[i+1], path[1:], value)
+	}
+	k := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: path[0]}
+	if len(path) == 1 {
+		m.Content = append(m.Content, k, value)
+		return nil
+	}
+	child := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	m.Content = append(m.Content, k, child)
+	return setPath(child, path[1:], value)
 }
 
 // envLayer reads the KEEL_<PATH> variables of every key through lookup.
