@@ -68,10 +68,30 @@ type authenticator struct {
 	// a busy caller does not cost a signature per call: a fixed number of
 	// slots, by a hash of the user id, each holding the last user signed.
 	signed [identitySlots]atomic.Pointer[identity]
+	// verified caches login tokens that verified, until they expire but
+	// for at most verifiedTTL, so that a busy caller does not cost a
+	// signature check per call: slots by a hash of the token, each
+	// holding the last token verified there. Only a token equal to the
+	// one kept, byte for byte, is taken as verified.
+	verified [verifiedSlots]atomic.Pointer[verifiedToken]
 }
 
 // identitySlots bounds the identity tokens kept, whatever the users.
 const identitySlots = 1024
+
+// verifiedSlots bounds the login tokens kept as verified.
+const verifiedSlots = 4096
+
+// verifiedTTL bounds how long a verified login token is believed without
+// checking it again: what a key withdrawn from a JWKS may still let in.
+const verifiedTTL = time.Minute
+
+// verifiedToken is a login token that verified, for user, until until.
+type verifiedToken struct {
+	token string
+	user  string
+	until time.Time
+}
 
 type identity struct {
 	user  string
@@ -121,13 +141,24 @@ func (a *authenticator) check(ctx context.Context, h http.Header, path string, a
 	if len(values) > 1 || !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return "", connect.NewError(connect.CodeUnauthenticated, errNotBearer)
 	}
-	user, err := a.tokens.Verify(ctx, strings.TrimSpace(token))
+	token = strings.TrimSpace(token)
+	slot := &a.verified[maphash.String(identitySeed, token)%verifiedSlots]
+	now := time.Now()
+	if v := slot.Load(); v != nil && v.token == token && now.Before(v.until) {
+		return v.user, nil
+	}
+	user, expires, err := a.tokens.Verify(ctx, token)
 	switch {
 	case errors.Is(err, auth.ErrInvalidToken):
 		return "", connect.NewError(connect.CodeUnauthenticated, errBadToken)
 	case err != nil:
 		return "", connect.NewError(connect.CodeUnavailable, errVerifyFailed)
 	}
+	until := now.Add(verifiedTTL)
+	if expires.Before(until) {
+		until = expires
+	}
+	slot.Store(&verifiedToken{token: token, user: user, until: until})
 	return user, nil
 }
 

@@ -93,11 +93,20 @@ func (i Issuer) Issue(subject string) (token string, expires time.Time, err erro
 // expiry and its issuer (DefaultIssuer when issuer is empty), and returns
 // its subject. Errors wrap ErrInvalidToken, or are ErrKeyTooShort.
 func Verify(key []byte, issuer, token string) (subject string, err error) {
+	claims, err := verifyHS256(key, issuer, token)
+	if err != nil {
+		return "", err
+	}
+	return claims.Subject, nil
+}
+
+// verifyHS256 is [Verify], returning the token's claims.
+func verifyHS256(key []byte, issuer, token string) (*jwt.RegisteredClaims, error) {
 	if len(key) < MinKeyLen {
-		return "", ErrKeyTooShort
+		return nil, ErrKeyTooShort
 	}
 	var claims jwt.RegisteredClaims
-	_, err = jwt.ParseWithClaims(token, &claims,
+	_, err := jwt.ParseWithClaims(token, &claims,
 		func(*jwt.Token) (any, error) { return key, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithIssuer(issuerOrDefault(issuer)),
@@ -105,12 +114,12 @@ func Verify(key []byte, issuer, token string) (subject string, err error) {
 		jwt.WithIssuedAt(),
 	)
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrInvalidToken, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
 	if claims.Subject == "" {
-		return "", fmt.Errorf("%w: no subject", ErrInvalidToken)
+		return nil, fmt.Errorf("%w: no subject", ErrInvalidToken)
 	}
-	return claims.Subject, nil
+	return &claims, nil
 }
 
 func issuerOrDefault(issuer string) string {
@@ -120,11 +129,11 @@ func issuerOrDefault(issuer string) string {
 	return issuer
 }
 
-// Verifier checks login tokens and returns their subject, the user id:
-// [HS256] for the platform's own tokens, [JWKS] for an identity
-// provider's.
+// Verifier checks login tokens and returns their subject, the user id,
+// and when they expire: [HS256] for the platform's own tokens, [JWKS] for
+// an identity provider's.
 type Verifier interface {
-	Verify(ctx context.Context, token string) (subject string, err error)
+	Verify(ctx context.Context, token string) (subject string, expires time.Time, err error)
 }
 
 // HS256 verifies the tokens the user service issues, with the key they
@@ -137,6 +146,10 @@ type HS256 struct {
 }
 
 // Verify implements [Verifier].
-func (h HS256) Verify(_ context.Context, token string) (string, error) {
-	return Verify(h.Key, h.Issuer, token)
+func (h HS256) Verify(_ context.Context, token string) (string, time.Time, error) {
+	claims, err := verifyHS256(h.Key, h.Issuer, token)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return claims.Subject, claims.ExpiresAt.Time, nil
 }

@@ -43,10 +43,10 @@ type JWKS struct {
 // jwksAlgorithms are the signing algorithms a JWKS verifier accepts.
 var jwksAlgorithms = []string{jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg()}
 
-// Verify checks token against the published keys and returns its subject.
-// Errors wrap [ErrInvalidToken], but for a key set that cannot be
-// fetched.
-func (j *JWKS) Verify(ctx context.Context, token string) (string, error) {
+// Verify checks token against the published keys and returns its subject
+// and expiry. Errors wrap [ErrInvalidToken], but for a key set that
+// cannot be fetched.
+func (j *JWKS) Verify(ctx context.Context, token string) (string, time.Time, error) {
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods(jwksAlgorithms),
 		jwt.WithIssuer(j.Issuer),
@@ -67,15 +67,15 @@ func (j *JWKS) Verify(ctx context.Context, token string) (string, error) {
 		return key, err
 	}, opts...)
 	if fetchErr != nil {
-		return "", fetchErr
+		return "", time.Time{}, fetchErr
 	}
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrInvalidToken, err)
+		return "", time.Time{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
 	if claims.Subject == "" {
-		return "", fmt.Errorf("%w: no subject", ErrInvalidToken)
+		return "", time.Time{}, fmt.Errorf("%w: no subject", ErrInvalidToken)
 	}
-	return claims.Subject, nil
+	return claims.Subject, claims.ExpiresAt.Time, nil
 }
 
 // errUnknownKey is the cause of a token whose key is not published.

@@ -85,7 +85,7 @@ func TestJWKSVerifiesRS256AndES256(t *testing.T) {
 		"RS256": signWith(t, jwt.SigningMethodRS256, rsaKey, "rsa-1", claimsFor("user-1")),
 		"ES256": signWith(t, jwt.SigningMethodES256, ecKey, "ec-1", claimsFor("user-1")),
 	} {
-		sub, err := v.Verify(t.Context(), token)
+		sub, _, err := v.Verify(t.Context(), token)
 		if err != nil || sub != "user-1" {
 			t.Fatalf("%s: got %q, %v", name, sub, err)
 		}
@@ -117,7 +117,7 @@ func TestJWKSVerifiesRS256AndES256(t *testing.T) {
 		"alg none":              noneToken(t),
 	} {
 		t.Run(name, func(t *testing.T) {
-			if sub, err := v.Verify(t.Context(), token); !errors.Is(err, auth.ErrInvalidToken) {
+			if sub, _, err := v.Verify(t.Context(), token); !errors.Is(err, auth.ErrInvalidToken) {
 				t.Fatalf("got %q, %v; want ErrInvalidToken", sub, err)
 			}
 		})
@@ -142,7 +142,7 @@ func TestJWKSFollowsKeyRotation(t *testing.T) {
 	old, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p.publish("k1", &old.PublicKey)
 	v := &auth.JWKS{URL: p.url, Issuer: "https://login.example", MinRefresh: time.Hour}
-	if _, err := v.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
+	if _, _, err := v.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -150,7 +150,7 @@ func TestJWKSFollowsKeyRotation(t *testing.T) {
 	// without a fetch, however many such tokens arrive.
 	stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	for range 5 {
-		if _, err := v.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, stranger, "k9", claimsFor("u"))); !errors.Is(err, auth.ErrInvalidToken) {
+		if _, _, err := v.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, stranger, "k9", claimsFor("u"))); !errors.Is(err, auth.ErrInvalidToken) {
 			t.Fatalf("unknown key: got %v, want ErrInvalidToken", err)
 		}
 	}
@@ -160,13 +160,13 @@ func TestJWKSFollowsKeyRotation(t *testing.T) {
 
 	// Past MinRefresh, a new key id is fetched once.
 	v2 := &auth.JWKS{URL: p.url, Issuer: "https://login.example", MinRefresh: time.Nanosecond}
-	if _, err := v2.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
+	if _, _, err := v2.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
 		t.Fatal(err)
 	}
 	rotated, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p.publish("k2", &rotated.PublicKey)
 	before := p.fetches.Load()
-	if sub, err := v2.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, rotated, "k2", claimsFor("u2"))); err != nil || sub != "u2" {
+	if sub, _, err := v2.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, rotated, "k2", claimsFor("u2"))); err != nil || sub != "u2" {
 		t.Fatalf("rotated key: got %q, %v", sub, err)
 	}
 	if n := p.fetches.Load() - before; n != 1 {
@@ -177,14 +177,14 @@ func TestJWKSFollowsKeyRotation(t *testing.T) {
 	// working; an unknown one is an error that is not ErrInvalidToken
 	// (the caller's token may be fine).
 	v3 := &auth.JWKS{URL: p.url, Issuer: "https://login.example", TTL: time.Nanosecond, MinRefresh: time.Nanosecond}
-	if _, err := v3.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
+	if _, _, err := v3.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
 		t.Fatal(err)
 	}
 	p.down.Store(true)
-	if _, err := v3.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
+	if _, _, err := v3.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, old, "k1", claimsFor("u"))); err != nil {
 		t.Fatalf("known key while the provider is down: %v", err)
 	}
-	_, err := v3.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, stranger, "k9", claimsFor("u")))
+	_, _, err := v3.Verify(t.Context(), signWith(t, jwt.SigningMethodES256, stranger, "k9", claimsFor("u")))
 	if err == nil || errors.Is(err, auth.ErrInvalidToken) {
 		t.Fatalf("unknown key while the provider is down: got %v, want a fetch error", err)
 	}
