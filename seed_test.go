@@ -138,3 +138,22 @@ func TestProdCORSNamesItsOrigins(t *testing.T) {
 		t.Fatalf("prod edge allowed_origins %v holds a wildcard", s.AllowedOrigins)
 	}
 }
+
+// TestSeedFilesInjectNoFaults: chaos drills are switched on at run time,
+// in KV, never by a seed file; and no environment's canary is left on by
+// one either.
+func TestSeedFilesInjectNoFaults(t *testing.T) {
+	t.Parallel()
+	noEnv := func(string) (string, bool) { return "", false }
+	for _, env := range config.Envs() {
+		s, err := config.Load(t.Context(), config.Options[edge.Settings]{
+			Service: edge.Name, Env: env, Dir: seedDir, Defaults: edge.DefaultSettings(), LookupEnv: noEnv,
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", env, err)
+		}
+		if len(s.Faults) > 0 || len(s.Canary) > 0 {
+			t.Errorf("%s/edge.yaml: faults %v, canary %v; want both empty", env, s.Faults, s.Canary)
+		}
+	}
+}

@@ -548,6 +548,29 @@ type seedEdge struct {
 		Issuer   string `yaml:"issuer"`
 		Audience string `yaml:"audience"`
 	} `yaml:"auth" keel:"static"`
+	RateLimits struct {
+		Groups map[string]struct {
+			Methods []string      `yaml:"methods"`
+			Rate    int           `yaml:"rate"`
+			Per     time.Duration `yaml:"per"`
+			Burst   int           `yaml:"burst"`
+		} `yaml:"groups"`
+		RedisAddr string        `yaml:"redis_addr" keel:"static"`
+		KeyPrefix string        `yaml:"key_prefix" keel:"static"`
+		Timeout   time.Duration `yaml:"timeout" keel:"static"`
+		MaxKeys   int           `yaml:"max_keys" keel:"static"`
+	} `yaml:"rate_limits"`
+	Canary map[string]struct {
+		Version string  `yaml:"version"`
+		Weight  float64 `yaml:"weight"`
+		Sticky  bool    `yaml:"sticky"`
+	} `yaml:"canary"`
+	Faults map[string]struct {
+		Delay        time.Duration `yaml:"delay"`
+		DelayPercent float64       `yaml:"delay_percent"`
+		AbortPercent float64       `yaml:"abort_percent"`
+		AbortCode    string        `yaml:"abort_code"`
+	} `yaml:"faults"`
 }
 
 // TestPushedKVReadsLikeTheFiles pushes every environment's seed files and

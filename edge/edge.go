@@ -6,7 +6,9 @@
 // it serves the REST routes the contracts declare (google.api.http),
 // transcoded into calls that take the same path; it sheds load it cannot
 // take, enforces the request size limit, traces every call, and serves gRPC
-// health and reflection for everything it routes.
+// health and reflection for everything it routes. It controls traffic
+// (traffic.go): rate limits per caller and group of methods, weighted
+// canary routing by instance version, and fault injection for drills.
 package edge
 
 import (
@@ -27,6 +29,7 @@ import (
 	"github.com/keelplatform/keel/internal/callpolicy"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
+	"github.com/keelplatform/keel/internal/ratelimit"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/internal/telemetry"
 )
@@ -64,6 +67,18 @@ type Config struct {
 	// behind a gateway that authenticates); the edge process always sets
 	// it.
 	Auth *Auth
+	// RateLimits are the rate limit groups, by name; see
+	// [Edge.SetRateLimits]. Default none: nothing is limited.
+	RateLimits map[string]RateGroup
+	// Limiter decides the rate limits. Default: in process memory,
+	// remembering up to 100,000 callers. The caller closes it.
+	Limiter *ratelimit.Limiter
+	// Canary routes a share of calls to canary instances, by logical
+	// service; see [Edge.SetCanary]. Default none.
+	Canary map[string]Canary
+	// Faults are injected into calls, by method or service full name; see
+	// [Edge.SetFaults]. Default none.
+	Faults map[string]Fault
 }
 
 // Edge is a running front door. Create it with [New].
@@ -72,6 +87,9 @@ type Edge struct {
 	routes *routeTable
 	proxy  *proxy
 	cors   atomic.Pointer[cors.Cors]
+	// release frees what the edge process made for the edge (its rate
+	// limiter), on Close and at shutdown; nil for none.
+	release func()
 }
 
 // New builds an edge that resolves upstreams through resolver.
@@ -140,6 +158,13 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 	}
 	e.proxy.trusted.Store(trusted)
 	e.proxy.calls.Store(&calls)
+	e.proxy.limiter = cfg.Limiter
+	if e.proxy.limiter == nil {
+		e.proxy.limiter = ratelimit.New(ratelimit.Options{})
+	}
+	if err := errors.Join(e.SetRateLimits(cfg.RateLimits), e.SetCanary(cfg.Canary), e.SetFaults(cfg.Faults)); err != nil {
+		return nil, err
+	}
 	if cfg.Telemetry.Enabled() {
 		e.proxy.tracer = cfg.Telemetry.Tracer("github.com/keelplatform/keel/edge")
 		e.proxy.propagator = cfg.Telemetry.Propagator()
@@ -180,6 +205,42 @@ func (e *Edge) SetTrustedProxies(cidrs []string) error {
 	return nil
 }
 
+// SetRateLimits replaces the rate limit groups, by name (a group named
+// "default" limits the methods in no other); none turns rate limiting
+// off. A caller's state carries over. Calls over a limit get
+// resource_exhausted with a retry hint (HTTP 429 and Retry-After over
+// REST).
+func (e *Edge) SetRateLimits(groups map[string]RateGroup) error {
+	rl := DefaultRateLimits()
+	rl.Groups = groups
+	if err := errors.Join(validateTraffic(Settings{RateLimits: rl})...); err != nil {
+		return fmt.Errorf("edge: rate limits: %w", err)
+	}
+	e.proxy.rates.Store(newRateTable(groups, e.proxy.metrics.rateLimited))
+	return nil
+}
+
+// SetCanary replaces the canaries, by logical service; none sends every
+// call to any instance.
+func (e *Edge) SetCanary(canaries map[string]Canary) error {
+	if err := errors.Join(validateTraffic(Settings{RateLimits: DefaultRateLimits(), Canary: canaries})...); err != nil {
+		return fmt.Errorf("edge: canary: %w", err)
+	}
+	c := newCanaries(canaries, e.proxy.metrics.canaryCalls)
+	e.proxy.canaries.Store(&c)
+	return nil
+}
+
+// SetFaults replaces the faults injected, by method or service full
+// name; none turns fault injection off.
+func (e *Edge) SetFaults(faults map[string]Fault) error {
+	if err := errors.Join(validateTraffic(Settings{RateLimits: DefaultRateLimits(), Faults: faults})...); err != nil {
+		return fmt.Errorf("edge: faults: %w", err)
+	}
+	e.proxy.faults.Store(newFaultTable(faults))
+	return nil
+}
+
 // SetShedding applies new load-shedding settings; see
 // [server.Server.SetShedding].
 func (e *Edge) SetShedding(s config.Shedding) { e.server.SetShedding(s) }
@@ -209,7 +270,10 @@ func (e *Edge) withCORS(next http.Handler) http.Handler {
 // Metrics is the edge's Prometheus registry, served at GET /metrics; see
 // [server.Server.Metrics]. Besides the server's and the call policy's
 // metrics it holds keel_edge_requests_total{service,code} and
-// keel_edge_duration_seconds{service}, by logical service.
+// keel_edge_duration_seconds{service}, by logical service, and the
+// traffic controls' keel_edge_rate_limited_total{group},
+// keel_edge_canary_calls_total{service,side} and
+// keel_edge_faults_injected_total{service,kind}.
 func (e *Edge) Metrics() *prometheus.Registry { return e.server.Metrics() }
 
 // HandleAdmin mounts an operators' endpoint; see [server.Server.HandleAdmin].
@@ -231,7 +295,12 @@ func (e *Edge) Listen() error { return e.server.Listen() }
 
 // Close releases the listeners of an edge that will not serve; see
 // [server.Server.Close].
-func (e *Edge) Close() error { return e.server.Close() }
+func (e *Edge) Close() error {
+	if e.release != nil {
+		e.release()
+	}
+	return e.server.Close()
+}
 
 // Addr is the bound host:port, or "" before [Edge.Listen].
 func (e *Edge) Addr() string { return e.server.Addr() }

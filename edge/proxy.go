@@ -24,6 +24,7 @@ import (
 	"github.com/keelplatform/keel/internal/callpolicy"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
+	"github.com/keelplatform/keel/internal/ratelimit"
 	"github.com/keelplatform/keel/internal/rpcstatus"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/internal/shed"
@@ -48,6 +49,11 @@ type proxy struct {
 	tracer     trace.Tracer // nil when tracing is off
 	propagator propagation.TextMapPropagator
 	auth       *authenticator // nil: every call passes anonymous
+
+	limiter  *ratelimit.Limiter
+	rates    atomic.Pointer[rateTable]          // nil: no rate limits
+	canaries atomic.Pointer[map[string]*canary] // by logical service; nil map: none
+	faults   atomic.Pointer[faultTable]         // nil: no faults
 }
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -62,6 +68,8 @@ type exchange struct {
 	// rest marks a REST call the edge transcoded (see rest.go): the
 	// request is a Connect one by now, but the caller spoke REST.
 	rest bool
+	// fault names the faults injected into the call, for the access log.
+	fault string
 }
 
 // protocol names the protocol the caller spoke.
@@ -111,7 +119,38 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 			return
 		}
 	}
-	forwardHeaders(r.Header, r.RemoteAddr, p.trusted.Load())
+	trusted := p.trusted.Load()
+	var caller string // callerKey, computed when first needed
+	if rates := p.rates.Load(); rates != nil {
+		if g := rates.lookup(r.URL.Path, rt.service); g != nil {
+			caller = callerKey(user, r.Header, r.RemoteAddr, trusted)
+			if res := p.limiter.Allow(ctx, g.state, caller, g.limit); !res.Allowed {
+				g.limited.Inc()
+				p.fail(w, r, &x, rateLimited(g.name, res.RetryAfter))
+				return
+			}
+		}
+	}
+	if canaries := p.canaries.Load(); canaries != nil {
+		if c := (*canaries)[rt.logical]; c != nil {
+			if c.sticky && caller == "" {
+				caller = callerKey(user, r.Header, r.RemoteAddr, trusted)
+			}
+			toCanary := c.side(r.Header, rt.logical, caller)
+			if toCanary {
+				c.calls[1].Inc()
+			} else {
+				c.calls[0].Inc()
+			}
+			ctx = callpolicy.WithPreference(ctx, c.preference(toCanary))
+		}
+	}
+	forwardHeaders(r.Header, r.RemoteAddr, trusted)
+	if faults := p.faults.Load(); faults != nil {
+		if f := faults.lookup(r.URL.Path, rt.service); f != nil && !p.injectFault(ctx, w, r, &x, f) {
+			return
+		}
+	}
 	if user != "" {
 		if err := p.auth.vouch(r.Header, user); err != nil {
 			p.logger.ErrorContext(ctx, "vouch for caller", slog.String("error", err.Error()))
@@ -138,6 +177,36 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 	default:
 		p.forwardStream(ctx, w, r, &x)
 	}
+}
+
+// injectFault delays or aborts the call as f says, and reports whether
+// it goes on. A delay ends early at the call's deadline (the call then
+// fails with deadline_exceeded) or when the caller goes away; an aborted
+// call is answered with f's code and never sent upstream.
+func (p *proxy) injectFault(ctx context.Context, w http.ResponseWriter, r *http.Request, x *exchange, f *fault) bool {
+	if f.delay > 0 && roll(f.delayPercent) {
+		x.route.metrics.delayed.Inc()
+		x.fault = "delay"
+		t := time.NewTimer(f.delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			if r.Context().Err() != nil {
+				p.finish(r, x, connect.CodeCanceled) // the caller went away; nobody to answer
+			} else {
+				p.fail(w, r, x, connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded during a delay injected at the edge")))
+			}
+			return false
+		}
+	}
+	if roll(f.abortPercent) {
+		x.route.metrics.aborted.Inc()
+		x.fault = strings.TrimPrefix(x.fault+",abort", ",")
+		p.fail(w, r, x, connect.NewError(f.abortCode, fmt.Errorf("fault injected at the edge into %s", strings.TrimPrefix(r.URL.Path, "/"))))
+		return false
+	}
+	return true
 }
 
 // unaryBody is a pooled, buffered unary request body.
@@ -394,7 +463,14 @@ func (p *proxy) failUpstream(w http.ResponseWriter, r *http.Request, ctx context
 
 // shedLike is an error with the retry hint of a shed call.
 func shedLike(code connect.Code, msg string) *connect.Error {
-	err := shed.Refusal("", time.Second)
+	return withRetryHint(code, msg, time.Second)
+}
+
+// withRetryHint is an error with a retry hint, as a shed call's: a
+// Retry-After header in whole seconds (at least 1) and a
+// google.rpc.RetryInfo detail of retryAfter.
+func withRetryHint(code connect.Code, msg string, retryAfter time.Duration) *connect.Error {
+	err := shed.Refusal("", retryAfter)
 	out := connect.NewError(code, errors.New(msg))
 	for _, d := range err.Details() {
 		out.AddDetail(d)
@@ -428,7 +504,7 @@ func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
 	if !p.logger.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
-	p.logger.LogAttrs(ctx, slog.LevelInfo, "call",
+	attrs := []slog.Attr{
 		slog.String("procedure", r.URL.Path),
 		slog.String("protocol", x.protocol(r)),
 		slog.String("upstream", service),
@@ -436,7 +512,11 @@ func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
 		slog.Duration("duration", time.Since(x.start)),
 		slog.String("instance", x.report.Instance),
 		slog.Int("retries", max(x.report.Attempts-1, 0)),
-	)
+	}
+	if x.fault != "" {
+		attrs = append(attrs, slog.String("fault", x.fault))
+	}
+	p.logger.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
 }
 
 // startSpan starts the edge's span of a call. The edge is the front door:

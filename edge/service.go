@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 
 	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/ratelimit"
 	"github.com/keelplatform/keel/internal/server"
 )
 
@@ -29,6 +31,17 @@ type Settings struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Auth says whose login tokens the edge accepts. Static.
 	Auth AuthSettings `yaml:"auth" keel:"static"`
+	// RateLimits limit each caller's calls per group of methods.
+	RateLimits RateLimits `yaml:"rate_limits"`
+	// Canary sends a weighted share of the calls to a service to the
+	// instances of one version, by the service's logical name:
+	// canary/<service>. Dynamic. Default none.
+	Canary map[string]Canary `yaml:"canary"`
+	// Faults injects delays and errors into the calls to a method
+	// (faults/shop.inventory.v1.InventoryService.GetItem) or a whole
+	// service (faults/shop.inventory.v1.InventoryService), for chaos
+	// drills. Dynamic. Default none.
+	Faults map[string]Fault `yaml:"faults"`
 }
 
 // AuthSettings say whose login tokens the edge accepts: the platform's
@@ -52,7 +65,7 @@ type AuthSettings struct {
 func DefaultSettings() Settings {
 	p := config.DefaultProcess()
 	p.Server.Addr = "127.0.0.1:8080"
-	return Settings{Process: p, AllowedOrigins: []string{"*"}, Auth: AuthSettings{Issuer: auth.DefaultIssuer}}
+	return Settings{Process: p, AllowedOrigins: []string{"*"}, Auth: AuthSettings{Issuer: auth.DefaultIssuer}, RateLimits: DefaultRateLimits()}
 }
 
 // Validate reports every setting out of range, naming its key.
@@ -77,6 +90,7 @@ func (s Settings) Validate() error {
 			errs = append(errs, &config.KeyError{Key: "auth/jwks_url", Err: fmt.Errorf("must be an http(s) URL, got %q", u)})
 		}
 	}
+	errs = append(errs, validateTraffic(s)...)
 	return errors.Join(errs...)
 }
 
@@ -94,8 +108,13 @@ func Service(contracts []string) boot.Service[Settings] {
 			if err != nil {
 				return nil, fmt.Errorf("edge: %w", err)
 			}
+			limiter := newLimiter(s.RateLimits, env.Secret, env.Logger)
 			e, err := New(Config{
 				Auth:           authn,
+				RateLimits:     s.RateLimits.Groups,
+				Limiter:        limiter,
+				Canary:         s.Canary,
+				Faults:         s.Faults,
 				Server:         server.ConfigFrom(s.Process),
 				Services:       contracts,
 				AllowedOrigins: s.AllowedOrigins,
@@ -106,17 +125,41 @@ func Service(contracts []string) boot.Service[Settings] {
 				Telemetry:      env.Telemetry,
 			}, env.Resolver, env.Logger)
 			if err != nil {
+				limiter.Close()
 				return nil, fmt.Errorf("edge: %w", err)
 			}
+			e.release = limiter.Close
+			e.OnStop(func(context.Context) { limiter.Close() })
 			env.Config.OnChange(func(_, s Settings) {
 				e.SetAllowedOrigins(s.AllowedOrigins)
 				e.SetCalls(s.Calls)
 				e.SetShedding(s.Shedding)
-				_ = e.SetTrustedProxies(s.TrustedProxies) // validated already
+				// Validated already: these cannot fail.
+				_ = e.SetTrustedProxies(s.TrustedProxies)
+				_ = e.SetRateLimits(s.RateLimits.Groups)
+				_ = e.SetCanary(s.Canary)
+				_ = e.SetFaults(s.Faults)
 			})
 			return e, nil
 		},
 	}
+}
+
+// newLimiter builds the rate limiter of s: on Redis when it has an
+// address (the credentials are secrets, KEEL_REDIS_USERNAME and
+// KEEL_REDIS_PASSWORD), in process memory otherwise.
+func newLimiter(s RateLimits, secret func(string) (string, bool), logger *slog.Logger) *ratelimit.Limiter {
+	username, _ := secret("KEEL_REDIS_USERNAME")
+	password, _ := secret("KEEL_REDIS_PASSWORD")
+	return ratelimit.New(ratelimit.Options{
+		RedisAddr:     s.RedisAddr,
+		RedisUsername: username,
+		RedisPassword: password,
+		KeyPrefix:     s.KeyPrefix,
+		Timeout:       s.Timeout,
+		MaxKeys:       s.MaxKeys,
+		Logger:        logger,
+	})
 }
 
 // The edge mounts the configuration status.

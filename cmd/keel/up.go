@@ -35,7 +35,7 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	consulDir := flags.String("consul-dir", ".keel/consul", "where the dev agent started by --consul keeps its files")
 	tracing := flags.Bool("tracing", false, "run a local Jaeger (UI on 127.0.0.1:16686, OTLP/HTTP on 127.0.0.1:4318 unless taken) and send every process's traces to it")
 	jaegerDir := flags.String("jaeger-dir", ".keel/jaeger", "where the Jaeger started by --tracing keeps its configuration and log")
-	useRedis := flags.Bool("redis", false, "cache in Redis: the server at "+redisAddrVar+", or a local redis-server (on 127.0.0.1:6379 unless taken, nothing persisted) run until keel up ends")
+	useRedis := flags.Bool("redis", false, "cache (and the edge's rate limits) in Redis: the server at "+redisAddrVar+", or a local redis-server (on 127.0.0.1:6379 unless taken, nothing persisted) run until keel up ends")
 	redisDir := flags.String("redis-dir", ".keel/redis", "where the redis-server started by --redis keeps its log and pid file")
 	if err := flags.Parse(args); err != nil {
 		return err
@@ -68,7 +68,9 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cacheLine := ""
 	if *useRedis {
 		if addr := os.Getenv(redisAddrVar); addr != "" {
-			// The services read it themselves, as every setting's variable.
+			// The services read it themselves, as every setting's
+			// variable; the edge's rate limits are pointed at it too.
+			opts.RedisAddr = addr
 			cacheLine = fmt.Sprintf("  cache: Redis at %s (%s)\n", addr, redisAddrVar)
 		} else {
 			// The install script sits at the root of the tree the

@@ -36,7 +36,8 @@ type Options struct {
 	// DataDir, when set, overrides the services' database/data_dir setting.
 	DataDir string
 	// RedisAddr, when set, overrides the services' cache/redis_addr
-	// setting: their caches keep entries in that Redis.
+	// setting, and the edge's rate_limits/redis_addr: caches keep entries
+	// in that Redis, and every edge instance shares its rate limits there.
 	RedisAddr string
 	// TokenKey signs login tokens; at least 32 bytes. Default: KEEL_TOKEN_KEY,
 	// or a random key per start, so tokens do not outlive the platform.
@@ -132,7 +133,10 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	}
 
 	edgeProc := Edge()
-	e, err := edgeProc.Start(ctx, bootOpts(edgeProc.Name, keys(map[string]string{"KEEL_SERVER_ADDR": opts.EdgeAddr})))
+	e, err := edgeProc.Start(ctx, bootOpts(edgeProc.Name, keys(map[string]string{
+		"KEEL_SERVER_ADDR":            opts.EdgeAddr,
+		"KEEL_RATE_LIMITS_REDIS_ADDR": opts.RedisAddr,
+	})))
 	if err != nil {
 		return fail(err)
 	}
