@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Measures the edge hop in one run: the same unary Connect JSON call
-# (GetUser) sent straight to its upstream ("direct"), through Keel's edge,
-# and through nginx as a reference proxy, over HTTP/1.1 keep-alive (wrk,
-# 32 connections) and h2c (h2load, 16 connections x 16 streams), against
-# two upstreams:
+# Measures the edge hop in one run: the same read (GetUser) sent straight
+# to its upstream ("direct"), through Keel's edge, and through nginx as a
+# reference proxy, three ways:
+#
+#   connect  a unary Connect JSON POST, over HTTP/1.1 keep-alive (wrk, 32
+#            connections) and h2c (h2load, 16 connections x 16 streams);
+#   rest     GET /v1/users/{id} at the edge (transcoded from the
+#            contract's google.api.http route), beside the same read as a
+#            Connect GET direct and through nginx (wrk, HTTP/1.1);
+#   grpc     a gRPC call over h2c (h2load; nginx with grpc_pass);
+#
+# against two upstreams:
 #
 #   zero  an upstream that costs nothing (scripts/zeroupstream: a plain
 #         net/http handler answering a fixed message), so the hop itself
@@ -11,13 +18,18 @@
 #   user  the real user service (SQLite), as users see it.
 #
 # Every policy is on, as configured in consul/kv/test (balancing,
-# breakers, retry budget, throttle, deadlines, load shedding, metrics), and
-# tracing exports to a local Jaeger with 1% of traces sampled.
+# breakers, retry budget, throttle, deadlines, load shedding, metrics),
+# login is checked (every call carries a bearer token the edge verifies,
+# and the edge vouches for the caller to the service), a per-user rate
+# limit is on with a limit no call reaches (its cost is measured, not its
+# refusals), and tracing exports to a local Jaeger with 1% of traces
+# sampled. Before measuring, every target answers a few calls of every
+# kind correctly (gRPC: grpc-status 0).
 # BENCH_ROUNDS rounds (default 3) alternate the targets, so drift in the
 # machine hits all of them alike; the table gives each round and the
 # median, and the ratios of the medians. Then the latency the edge adds:
 # scripts/loadgen holds half the edge's measured maximum rate (open loop)
-# against direct and the edge, and prints p50/p99 of both.
+# against direct and the edge for each kind of call, and prints p50/p99.
 #
 # BASE_REF=<git ref> also builds the edge of that commit and measures it
 # beside the current one ("before"). BENCH_SECONDS sets each run's length
@@ -86,14 +98,23 @@ YAML
 pids+=($!)
 wait_port "$otlp"
 
-export KEEL_ENV=test KEEL_CONFIG_DIR="$root/consul/kv" KEEL_LOG_LEVEL=warn
+# The test environment's settings, with a per-user rate limit on every
+# method that no call of this benchmark reaches.
+mkdir -p "$tmp/kv"
+cp -r "$root/consul/kv/test" "$tmp/kv/test"
+sed -i 's/^  groups: {}$/  groups: {default: {rate: 1000000, per: 1s, burst: 1000000}}/' "$tmp/kv/test/edge.yaml"
+grep -q '^  groups: {default:' "$tmp/kv/test/edge.yaml" || { echo "no rate_limits/groups in consul/kv/test/edge.yaml to set" >&2; exit 1; }
+export KEEL_ENV=test KEEL_CONFIG_DIR="$tmp/kv" KEEL_LOG_LEVEL=warn
+KEEL_TOKEN_KEY="$(head -c 32 /dev/urandom | base64)"
+KEEL_IDENTITY_KEY="$(head -c 32 /dev/urandom | base64)"
+export KEEL_TOKEN_KEY KEEL_IDENTITY_KEY
 export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp" OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
 
 zero="127.0.0.1:$(port)"
 "$tmp/zero" -addr "$zero" >/dev/null &
 pids+=($!)
 user="127.0.0.1:$(port)"
-KEEL_SERVER_ADDR="$user" KEEL_DATABASE_DATA_DIR="$tmp/data" KEEL_TOKEN_KEY="$(head -c 32 /dev/urandom | base64)" "$tmp/user" 2>"$tmp/user.err" &
+KEEL_SERVER_ADDR="$user" KEEL_DATABASE_DATA_DIR="$tmp/data" "$tmp/user" 2>"$tmp/user.err" &
 pids+=($!)
 wait_port "${zero#*:}"
 wait_port "${user#*:}"
@@ -105,7 +126,7 @@ addr[zero/direct]="$zero"
 addr[user/direct]="$user"
 for t in "${targets[@]}"; do
 	bin="$tmp/$t"
-	kv="$root/consul/kv"
+	kv="$tmp/kv"
 	[ "$t" = edge-before ] && kv="$tmp/base/consul/kv"
 	for up in zero user; do
 		a="127.0.0.1:$(port)"
@@ -117,8 +138,10 @@ for t in "${targets[@]}"; do
 	done
 done
 
-# nginx, one worker, keep-alive upstreams, a port per upstream and protocol.
-n_zero1="$(port)"; n_zero2="$(port)"; n_user1="$(port)"; n_user2="$(port)"
+# nginx, one worker, keep-alive upstreams, a port per upstream and
+# protocol: HTTP/1.1, h2c proxied over HTTP/1.1, and gRPC (grpc_pass).
+declare -A nport
+for up in zero user; do for proto in h1 h2 grpc; do nport[$up/$proto]="$(port)"; done; done
 cat >"$tmp/nginx.conf" <<NGINX
 worker_processes 1;
 pid $tmp/nginx.pid;
@@ -129,56 +152,118 @@ http {
   keepalive_requests 1000000;
   upstream zero { server $zero; keepalive 64; }
   upstream user { server $user; keepalive 64; }
-  server { listen 127.0.0.1:$n_zero1; location / { proxy_pass http://zero; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-  server { listen 127.0.0.1:$n_zero2 http2; location / { proxy_pass http://zero; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-  server { listen 127.0.0.1:$n_user1; location / { proxy_pass http://user; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-  server { listen 127.0.0.1:$n_user2 http2; location / { proxy_pass http://user; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:${nport[zero/h1]}; location / { proxy_pass http://zero; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:${nport[zero/h2]} http2; location / { proxy_pass http://zero; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:${nport[zero/grpc]} http2; location / { grpc_pass grpc://zero; } }
+  server { listen 127.0.0.1:${nport[user/h1]}; location / { proxy_pass http://user; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:${nport[user/h2]} http2; location / { proxy_pass http://user; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:${nport[user/grpc]} http2; location / { grpc_pass grpc://user; } }
 }
 NGINX
 nginx -c "$tmp/nginx.conf" -p "$tmp"
-wait_port "$n_user2"
+wait_port "${nport[user/grpc]}"
 
-id="$(curl -sf -X POST "http://${addr[user/edge]}/shop.user.v1.UserService/Register" -H 'Content-Type: application/json' \
-	-d '{"email":"bench@example.com","password":"correct horse","displayName":"Bench"}' |
-	sed -n 's/.*"id":"\([^"]*\)".*/\1/p')"
-[ -n "$id" ] || { echo "could not register the bench user" >&2; exit 1; }
+edge="${addr[user/edge]}"
+curl -sf -X POST "http://$edge/shop.user.v1.UserService/Register" -H 'Content-Type: application/json' \
+	-d '{"email":"bench@example.com","password":"correct horse","displayName":"Bench"}' >"$tmp/register.json"
+login="$(curl -sf -X POST "http://$edge/shop.user.v1.UserService/Login" -H 'Content-Type: application/json' \
+	-d '{"email":"bench@example.com","password":"correct horse"}')"
+id="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$tmp/register.json")"
+token="$(printf '%s' "$login" | sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p')"
+[ -n "$id" ] && [ -n "$token" ] || { echo "could not register and log in the bench user" >&2; exit 1; }
+auth="Authorization: Bearer $token"
 body="{\"id\":\"$id\"}"
 printf '%s' "$body" >"$tmp/body.json"
+# GetUserRequest{id} in protobuf binary (field 1, length-delimited), and
+# framed as one gRPC message.
+grpc_hex="0a$(printf '%02x' "${#id}")$(printf '%s' "$id" | od -An -tx1 | tr -d ' \n')"
+python3 -c 'import sys; sys.stdout.buffer.write(bytes.fromhex(sys.argv[1]))' "00$(printf '%08x' $((${#grpc_hex} / 2)))$grpc_hex" >"$tmp/grpc.bin"
+path=/shop.user.v1.UserService/GetUser
+connect_get="$path?connect=v1&encoding=json&message=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$body")"
+rest_get="/v1/users/$id"
 cat >"$tmp/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
 wrk.body = '$body'
 LUA
-path=/shop.user.v1.UserService/GetUser
+cat >"$tmp/get.lua" <<LUA
+wrk.method = "GET"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
 
-# h1 ADDR and h2 ADDR print "goodput p99 refused": successful calls per
-# second, wrk's p99 (h2load gives none: "-") and how many calls were not
-# answered 2xx (a server shedding load refuses some under this much
-# concurrency: 32 connections, or 16 x 16 streams).
-h1() {
-	wrk -t 2 -c 32 -d "${seconds}s" --latency -s "$tmp/post.lua" "http://$1$path" 2>&1 |
-		awk -v d="$seconds" '/requests in/ {n=$1} /Non-2xx/ {bad=$NF} / 99%/ {p=$2}
-			END {printf "%.0f %s %d\n", (n - bad) / d, (p == "" ? "-" : p), bad}'
+# url UP NAME CALL prints the URL the call kind CALL takes to target NAME.
+url() {
+	local a="${addr[$1/$2]:-}"
+	case "$2/$3" in
+		nginx/connect-h1 | nginx/rest) a="127.0.0.1:${nport[$1/h1]}" ;;
+		nginx/connect-h2) a="127.0.0.1:${nport[$1/h2]}" ;;
+		nginx/grpc) a="127.0.0.1:${nport[$1/grpc]}" ;;
+	esac
+	case "$2/$3" in
+		edge*/rest) echo "http://$a$rest_get" ;;
+		*/rest) echo "http://$a$connect_get" ;;
+		*) echo "http://$a$path" ;;
+	esac
 }
-h2() {
-	h2load -D "$seconds" -c 16 -m 16 -d "$tmp/body.json" -H 'Content-Type: application/json' "http://$1$path" 2>&1 |
-		awk -v d="$seconds" '/^requests:/ {errored=$12} /^status codes:/ {ok=$3; bad=$7+$9} END {printf "%.0f - %d\n", ok / d, bad + errored}'
+
+# load CALL URL prints "goodput p99 refused": successful calls per second,
+# wrk's p99 (h2load gives none: "-") and how many calls were not answered
+# 2xx (a server shedding load refuses some under this much concurrency: 32
+# connections, or 16 x 16 streams).
+load() {
+	case "$1" in
+		connect-h1 | rest)
+			local script="$tmp/post.lua"
+			[ "$1" = rest ] && script="$tmp/get.lua"
+			wrk -t 2 -c 32 -d "${seconds}s" --latency -s "$script" "$2" 2>&1 |
+				awk -v d="$seconds" '/requests in/ {n=$1} /Non-2xx/ {bad=$NF} / 99%/ {p=$2}
+					END {printf "%.0f %s %d\n", (n - bad) / d, (p == "" ? "-" : p), bad}'
+			;;
+		connect-h2 | grpc)
+			local args=(-d "$tmp/body.json" -H 'Content-Type: application/json')
+			[ "$1" = grpc ] && args=(-d "$tmp/grpc.bin" -H 'Content-Type: application/grpc' -H 'te: trailers')
+			h2load -D "$seconds" -c 16 -m 16 "${args[@]}" -H "$auth" "$2" 2>&1 |
+				awk -v d="$seconds" '/^requests:/ {errored=$12} /^status codes:/ {ok=$3; bad=$7+$9} END {printf "%.0f - %d\n", ok / d, bad + errored}'
+			;;
+	esac
 }
+
+# loadgen_flags CALL sets flags to loadgen's flags for the call kind CALL.
+loadgen_flags() {
+	flags=(-H "$auth")
+	case "$1" in
+		connect-h1) flags+=(-body "$body") ;;
+		connect-h2) flags+=(-body "$body" -h2c) ;;
+		rest) flags+=(-method GET) ;;
+		grpc) flags+=(-grpc -h2c -body "$grpc_hex") ;;
+	esac
+}
+
+# check UP NAME CALL: a few calls, every one answered correctly.
+check() {
+	local flags out
+	loadgen_flags "$3"
+	out="$("$tmp/loadgen" -url "$(url "$1" "$2" "$3")" -rate 20 -duration 1s "${flags[@]}")"
+	case "$out" in
+		*" failed=0 "*) ;;
+		*) echo "$1 $2 $3 does not answer correctly: $out" >&2; exit 1 ;;
+	esac
+}
+
+names=(direct "${targets[@]}" nginx)
+calls=(connect-h1 connect-h2 rest grpc)
+for up in zero user; do for call in "${calls[@]}"; do for name in "${names[@]}"; do check "$up" "$name" "$call"; done; done; done
 
 declare -A rps p99
-names=(direct "${targets[@]}" nginx)
-addr[zero/nginx/h1]="127.0.0.1:$n_zero1"; addr[zero/nginx/h2]="127.0.0.1:$n_zero2"
-addr[user/nginx/h1]="127.0.0.1:$n_user1"; addr[user/nginx/h2]="127.0.0.1:$n_user2"
 for round in $(seq 1 "$rounds"); do
 	for up in zero user; do
-		for proto in h1 h2; do
+		for call in "${calls[@]}"; do
 			for name in "${names[@]}"; do
-				a="${addr[$up/$name]:-}"
-				[ "$name" = nginx ] && a="${addr[$up/nginx/$proto]}"
-				read -r r p refused < <("$proto" "$a")
-				rps[$up/$proto/$name]+="$r "
-				p99[$up/$proto/$name]+="$p "
-				printf 'round %s %-4s %-2s %-11s %10s req/s  p99 %-8s not 2xx %s\n' "$round" "$up" "$proto" "$name" "$r" "$p" "$refused" >&2
+				read -r r p refused < <(load "$call" "$(url "$up" "$name" "$call")")
+				rps[$up/$call/$name]+="$r "
+				p99[$up/$call/$name]+="$p "
+				printf 'round %s %-4s %-10s %-11s %10s req/s  p99 %-8s not 2xx %s\n' "$round" "$up" "$call" "$name" "$r" "$p" "$refused" >&2
 			done
 		done
 	done
@@ -187,39 +272,38 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
 echo
-echo "GetUser, Connect JSON, successful calls/s, ${seconds}s x ${rounds} rounds each, all on this machine ($(nproc) cores); every policy on, 1% of traces sampled"
-printf '%-6s %-4s' upstream proto
+echo "GetUser, successful calls/s, ${seconds}s x ${rounds} rounds each, all on this machine ($(nproc) cores); every policy on, login checked, rate limit on, 1% of traces sampled"
+echo "(rest: GET /v1/users/{id} at the edge, the same read as a Connect GET direct and through nginx)"
+printf '%-6s %-10s' upstream call
 for name in "${names[@]}"; do printf ' %22s' "$name req/s (rounds)"; done
 printf ' %10s %10s\n' "edge/dir" "edge/nginx"
 for up in zero user; do
-	for proto in h1 h2; do
-		printf '%-6s %-4s' "$up" "$proto"
+	for call in "${calls[@]}"; do
+		printf '%-6s %-10s' "$up" "$call"
 		declare -A med
 		for name in "${names[@]}"; do
-			med[$name]="$(echo "${rps[$up/$proto/$name]}" | median)"
-			printf ' %8.0f (%s)' "${med[$name]}" "$(echo "${rps[$up/$proto/$name]}" | awk '{for (i=1;i<=NF;i++) printf "%s%.0f", (i>1?"/":""), $i/1000} END {print "k"}')"
+			med[$name]="$(echo "${rps[$up/$call/$name]}" | median)"
+			printf ' %8.0f (%s)' "${med[$name]}" "$(echo "${rps[$up/$call/$name]}" | awk '{for (i=1;i<=NF;i++) printf "%s%.0f", (i>1?"/":""), $i/1000} END {print "k"}')"
 		done
 		printf ' %10s %10s\n' "$(ratio "${med[edge]}" "${med[direct]}")" "$(ratio "${med[edge]}" "${med[nginx]}")"
 		if [ -n "${BASE_REF:-}" ]; then
-			printf '%-11s edge/edge-before %s\n' '' "$(ratio "${med[edge]}" "${med[edge-before]}")"
+			printf '%-17s edge/edge-before %s\n' '' "$(ratio "${med[edge]}" "${med[edge-before]}")"
 		fi
 	done
 done
 echo
-echo "p99 under wrk's full load (HTTP/1.1, zero upstream): direct ${p99[zero/h1/direct]}| edge ${p99[zero/h1/edge]}| nginx ${p99[zero/h1/nginx]}"
+echo "p99 under wrk's full load (HTTP/1.1, zero upstream), connect: direct ${p99[zero/connect-h1/direct]}| edge ${p99[zero/connect-h1/edge]}| nginx ${p99[zero/connect-h1/nginx]}"
+echo "                                                  rest:    direct ${p99[zero/rest/direct]}| edge ${p99[zero/rest/edge]}| nginx ${p99[zero/rest/nginx]}"
 
 # Latency the edge adds at half its maximum rate, open loop.
-for proto in h1 h2; do
-	max="$(echo "${rps[zero/$proto/edge]}" | median)"
+for call in "${calls[@]}"; do
+	max="$(echo "${rps[zero/$call/edge]}" | median)"
 	half="$(awk -v m="$max" 'BEGIN {printf "%d", m / 2}')"
-	flag=""
-	[ "$proto" = h2 ] && flag="-h2c"
+	loadgen_flags "$call"
 	echo
-	echo "open loop at half the edge's maximum ($half req/s), $proto, zero upstream, ${seconds}s:"
+	echo "open loop at half the edge's maximum ($half req/s), $call, zero upstream, ${seconds}s:"
 	for name in direct edge nginx; do
-		a="${addr[zero/$name]:-}"
-		[ "$name" = nginx ] && a="${addr[zero/nginx/$proto]}"
 		printf '  %-6s ' "$name"
-		"$tmp/loadgen" -url "http://$a$path" -body "$body" -rate "$half" -duration "${seconds}s" $flag
+		"$tmp/loadgen" -url "$(url zero "$name" "$call")" -rate "$half" -duration "${seconds}s" "${flags[@]}"
 	done
 done
