@@ -421,8 +421,8 @@ func TestRetriesStayWithinTheBudget(t *testing.T) {
 func TestSlowInstanceGetsASmallShare(t *testing.T) {
 	t.Parallel()
 	fast, slow := startInstance(t), startInstance(t)
-	fast.delay.Store(int64(2 * time.Millisecond))
-	slow.delay.Store(int64(20 * time.Millisecond))
+	fast.delay.Store(int64(5 * time.Millisecond))
+	slow.delay.Store(int64(50 * time.Millisecond))
 	calls := config.DefaultCalls()
 	calls.Balancer.SlowStart = 0
 	users, _ := peersOf(t, calls, nil, fast.addr, slow.addr)
