@@ -11,41 +11,18 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
-	optionsv1 "github.com/keelplatform/keel/gen/go/keel/options/v1"
 	"github.com/keelplatform/keel/internal/auth"
 )
 
 // access is who may call a method, as its contract says.
-type access uint8
+type access = auth.Access
 
 const (
-	// loginRequired: a caller with a valid login token. The default, also
-	// for the methods of a contract the edge has no descriptor of.
-	loginRequired access = iota
-	// public: anyone; (keel.options.v1.method).public.
-	public
-	// internalOnly: no caller from outside; (keel.options.v1.method).internal.
-	internalOnly
+	loginRequired = auth.LoginRequired
+	public        = auth.Public
+	internalOnly  = auth.Internal
 )
-
-// accessOf reads a method's access from its contract options.
-func accessOf(md protoreflect.MethodDescriptor) access {
-	opts := md.Options()
-	if opts == nil || !proto.HasExtension(opts, optionsv1.E_Method) {
-		return loginRequired
-	}
-	rules, _ := proto.GetExtension(opts, optionsv1.E_Method).(*optionsv1.MethodRules)
-	switch {
-	case rules.GetInternal():
-		return internalOnly
-	case rules.GetPublic():
-		return public
-	}
-	return loginRequired
-}
 
 // Auth is how the edge authenticates callers and vouches for them to the
 // services.

@@ -228,7 +228,7 @@ func TestLoginIsEnforcedAsTheContractSays(t *testing.T) {
 // same user, and a forged identity is refused before the handler.
 func TestIdentityFollowsTheCallToPeers(t *testing.T) {
 	t.Parallel()
-	ids, err := auth.NewIdentities(identityKey)
+	ids, err := auth.NewIdentities(identityKey, "front")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,8 +262,9 @@ func TestIdentityFollowsTheCallToPeers(t *testing.T) {
 	if err != nil || res.Msg.GetItem().GetName() != ada {
 		t.Fatalf("the peer saw %q (%v), want %s", res.Msg.GetItem().GetName(), err, ada)
 	}
-	// Without identity the peer sees nobody; with a forged one the front
-	// refuses the call.
+	// Without identity (GetItem is public) the front calls the peer as
+	// itself, a process of the platform, and the peer sees no user; with
+	// a forged identity the front refuses the call.
 	res, err = inventoryv1connect.NewInventoryServiceClient(http.DefaultClient, front).GetItem(ctx, connect.NewRequest(&inventoryv1.GetItemRequest{Sku: "KEEL-MUG"}))
 	if err != nil || res.Msg.GetItem().GetName() != "" {
 		t.Fatalf("anonymous: the peer saw %q (%v), want nobody", res.Msg.GetItem().GetName(), err)

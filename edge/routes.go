@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/callpolicy"
 	"github.com/keelplatform/keel/internal/discovery"
 )
@@ -65,7 +66,7 @@ func newRouteTable(services []string, overrides map[string]string, resolver disc
 			md := sd.Methods().Get(i)
 			path := "/" + name + "/" + string(md.Name())
 			m, _ := callpolicy.MethodOf(path)
-			t.procedures[path] = &procedure{route: r, method: m, access: accessOf(md)}
+			t.procedures[path] = &procedure{route: r, method: m, access: auth.AccessOf(md)}
 		}
 	}
 	return t, nil

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // IdentityHeader carries, from the edge to the services behind it, who
@@ -30,6 +34,11 @@ const IdentityKeyVar = "KEEL_IDENTITY_KEY"
 // could otherwise try to pass off as one (they also differ in key).
 const identityIssuer = "keel-edge"
 
+// processIssuer marks the identity a process of the platform gives its
+// own calls, acting for no user (a saga step): the subject is the
+// process's name.
+const processIssuer = "keel-process"
+
 // IdentityTTL is how long an identity token is valid: long enough for a
 // call and the calls it makes, short enough that one seen in a log is
 // useless soon after.
@@ -40,10 +49,38 @@ func SignIdentity(key []byte, subject string) (string, time.Time, error) {
 	return Issuer{Key: key, TTL: IdentityTTL, Issuer: identityIssuer}.Issue(subject)
 }
 
+// SignProcess returns the identity token with which the platform's
+// process name calls its peers on its own behalf.
+func SignProcess(key []byte, name string) (string, time.Time, error) {
+	return Issuer{Key: key, TTL: IdentityTTL, Issuer: processIssuer}.Issue(name)
+}
+
 // VerifyIdentity checks an identity token and returns its subject, the
 // user id. Errors wrap [ErrInvalidToken], or are [ErrKeyTooShort].
 func VerifyIdentity(key []byte, token string) (string, error) {
 	return Verify(key, identityIssuer, token)
+}
+
+// verifyCaller checks a token a call carries: a user's identity or a
+// process's. It returns the subject and whether it is a process.
+func verifyCaller(key []byte, token string) (subject string, process bool, err error) {
+	if len(key) < MinKeyLen {
+		return "", false, ErrKeyTooShort
+	}
+	var claims jwt.RegisteredClaims
+	_, err = jwt.ParseWithClaims(token, &claims,
+		func(*jwt.Token) (any, error) { return key, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+	)
+	if err != nil {
+		return "", false, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	if claims.Subject == "" || (claims.Issuer != identityIssuer && claims.Issuer != processIssuer) {
+		return "", false, fmt.Errorf("%w: not an identity", ErrInvalidToken)
+	}
+	return claims.Subject, claims.Issuer == processIssuer, nil
 }
 
 // caller is the identity a call carries, in its context.
@@ -60,77 +97,137 @@ func WithUser(ctx context.Context, user, token string) context.Context {
 	return context.WithValue(ctx, callerKey{}, caller{user: user, token: token})
 }
 
+// AsPlatform returns ctx with no user: the calls made with it are the
+// platform's own, made as the process itself (a saga's steps, after the
+// user's right to start the saga was checked).
+func AsPlatform(ctx context.Context) context.Context {
+	return context.WithValue(ctx, callerKey{}, caller{})
+}
+
 // UserFrom returns the user the edge authenticated for the call ctx
 // belongs to, and false for a call without one: an anonymous call to a
 // public method, or a call from one of the platform's own processes
 // acting on its own (a saga step). Services check ownership against it.
 func UserFrom(ctx context.Context) (string, bool) {
 	c, ok := ctx.Value(callerKey{}).(caller)
-	return c.user, ok
+	return c.user, ok && c.user != ""
 }
 
 // Identities is the connect interceptor that carries identity through
 // the services, on both sides of a call:
 //
-//   - on a handler, it verifies the [IdentityHeader] a call carries and
-//     puts the user in the call's context ([UserFrom]); a call whose
-//     header does not verify is refused as unauthenticated before the
-//     handler runs, and a call without one goes on anonymous;
+//   - on a handler, it verifies the [IdentityHeader] a call carries: a
+//     user the edge vouched for goes in the call's context ([UserFrom]);
+//     a process of the platform calls as itself. It then applies the
+//     contract ([AccessOf]): a method that is not public needs one or
+//     the other (unauthenticated otherwise: services are reached through
+//     the edge, or by the platform's own processes), and an internal one
+//     needs a process (permission_denied for a user). A header that does
+//     not verify is refused as unauthenticated before the handler runs.
 //   - on a client, it passes the identity of the call being handled on to
 //     the peer called, so that a service acting for a user (the
-//     storefront reading the user's order) is held to that user's rights.
+//     storefront reading the user's order) is held to that user's rights;
+//     a call made for no user carries the process's own identity.
 //
-// Without a key it believes no identity: a header is refused.
+// Without a key (a process run on its own, in development) it believes no
+// identity and requires none: a header is refused, a call without one
+// goes on anonymous.
 type Identities struct {
-	key []byte
+	key     []byte
+	process string
+	own     atomic.Pointer[ownIdentity]
+}
+
+// ownIdentity is the process's identity token, renewed at half its life.
+type ownIdentity struct {
+	token string
+	renew time.Time
 }
 
 var _ connect.Interceptor = (*Identities)(nil)
 
 // NewIdentities returns the interceptor verifying identity with key, the
-// environment's identity key (empty: none configured).
-func NewIdentities(key []byte) (*Identities, error) {
+// environment's identity key (empty: none configured), for the process
+// named process.
+func NewIdentities(key []byte, process string) (*Identities, error) {
 	if len(key) > 0 && len(key) < MinKeyLen {
 		return nil, fmt.Errorf("%s: %w", IdentityKeyVar, ErrKeyTooShort)
 	}
-	return &Identities{key: key}, nil
+	return &Identities{key: key, process: process}, nil
 }
+
+// Keyed reports whether the interceptor has an identity key, and so
+// requires identity on the calls it answers.
+func (i *Identities) Keyed() bool { return len(i.key) > 0 }
 
 // errForgedIdentity is all a caller learns about an identity that does
 // not verify.
 var errForgedIdentity = errors.New("the " + IdentityHeader + " header does not verify: identity is set by the edge only")
 
-// receive verifies the identity header of an incoming call.
-func (i *Identities) receive(ctx context.Context, h interface{ Get(string) string }) (context.Context, error) {
+// receive verifies the identity header of an incoming call to the method
+// of spec and applies the contract's access rule.
+func (i *Identities) receive(ctx context.Context, spec connect.Spec, h interface{ Get(string) string }) (context.Context, error) {
 	token := h.Get(IdentityHeader)
-	if token == "" {
+	if len(i.key) == 0 {
+		if token != "" {
+			return ctx, connect.NewError(connect.CodeUnauthenticated, errForgedIdentity)
+		}
 		return ctx, nil
 	}
-	if len(i.key) == 0 {
-		return ctx, connect.NewError(connect.CodeUnauthenticated, errForgedIdentity)
+	md, _ := spec.Schema.(protoreflect.MethodDescriptor)
+	access := AccessOf(md)
+	if token == "" {
+		if access == Public {
+			return ctx, nil
+		}
+		return ctx, connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("%s needs a login: call it through the edge", strings.TrimPrefix(spec.Procedure, "/")))
 	}
-	user, err := VerifyIdentity(i.key, token)
+	subject, process, err := verifyCaller(i.key, token)
 	if err != nil {
 		return ctx, connect.NewError(connect.CodeUnauthenticated, errForgedIdentity)
 	}
-	return WithUser(ctx, user, token), nil
+	if process {
+		return ctx, nil
+	}
+	if access == Internal {
+		return ctx, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%s is internal to the platform", strings.TrimPrefix(spec.Procedure, "/")))
+	}
+	return WithUser(ctx, subject, token), nil
 }
 
-// send passes the identity of the call being handled on to a peer.
-func send(ctx context.Context, h interface{ Set(string, string) }) {
+// send sets the identity header of an outgoing call: the user's of the
+// call being handled, else the process's own.
+func (i *Identities) send(ctx context.Context, h interface{ Set(string, string) }) error {
 	if c, ok := ctx.Value(callerKey{}).(caller); ok && c.token != "" {
 		h.Set(IdentityHeader, c.token)
+		return nil
 	}
+	if len(i.key) == 0 {
+		return nil
+	}
+	own := i.own.Load()
+	if own == nil || !time.Now().Before(own.renew) {
+		token, expires, err := SignProcess(i.key, i.process)
+		if err != nil {
+			return fmt.Errorf("auth: sign the identity of %s: %w", i.process, err)
+		}
+		own = &ownIdentity{token: token, renew: expires.Add(-IdentityTTL / 2)}
+		i.own.Store(own)
+	}
+	h.Set(IdentityHeader, own.token)
+	return nil
 }
 
 // WrapUnary implements [connect.Interceptor].
 func (i *Identities) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		if req.Spec().IsClient {
-			send(ctx, req.Header())
+			if err := i.send(ctx, req.Header()); err != nil {
+				return nil, connect.NewError(connect.CodeInternal, err)
+			}
 			return next(ctx, req)
 		}
-		ctx, err := i.receive(ctx, req.Header())
+		ctx, err := i.receive(ctx, req.Spec(), req.Header())
 		if err != nil {
 			return nil, err
 		}
@@ -142,7 +239,7 @@ func (i *Identities) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 func (i *Identities) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
 		conn := next(ctx, spec)
-		send(ctx, conn.RequestHeader())
+		_ = i.send(ctx, conn.RequestHeader()) // without it, the peer refuses the call
 		return conn
 	}
 }
@@ -150,7 +247,7 @@ func (i *Identities) WrapStreamingClient(next connect.StreamingClientFunc) conne
 // WrapStreamingHandler implements [connect.Interceptor].
 func (i *Identities) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		ctx, err := i.receive(ctx, conn.RequestHeader())
+		ctx, err := i.receive(ctx, conn.Spec(), conn.RequestHeader())
 		if err != nil {
 			return err
 		}

@@ -10,20 +10,32 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	inventoryv1 "github.com/keelplatform/keel/gen/go/shop/inventory/v1"
 	"github.com/keelplatform/keel/internal/auth"
 )
 
 var identityKey = []byte("identity-key-identity-key-identity-key")
 
 // whoAmI serves one procedure that answers with the caller's user id
-// ("" when anonymous), behind the Identities interceptor; next, when
-// set, is called from the handler (a service calling its peer) and its
-// answer returned instead.
+// ("" when anonymous or a process), behind the Identities interceptor, as
+// a method that needs a login; next, when set, is called from the
+// handler (a service calling its peer) and its answer returned instead.
 func whoAmI(t *testing.T, ids *auth.Identities, next *connect.Client[emptypb.Empty, wrapperspb.StringValue]) string {
 	t.Helper()
+	return serveAs(t, ids, nil, next)
+}
+
+// serveAs is whoAmI for the method md of a contract (nil: none known).
+func serveAs(t *testing.T, ids *auth.Identities, md protoreflect.MethodDescriptor, next *connect.Client[emptypb.Empty, wrapperspb.StringValue]) string {
+	t.Helper()
+	opts := []connect.HandlerOption{connect.WithInterceptors(ids)}
+	if md != nil {
+		opts = append(opts, connect.WithSchema(md))
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/test.Who/Am", connect.NewUnaryHandler("/test.Who/Am",
 		func(ctx context.Context, _ *connect.Request[emptypb.Empty]) (*connect.Response[wrapperspb.StringValue], error) {
@@ -32,7 +44,7 @@ func whoAmI(t *testing.T, ids *auth.Identities, next *connect.Client[emptypb.Emp
 			}
 			user, _ := auth.UserFrom(ctx)
 			return connect.NewResponse(wrapperspb.String(user)), nil
-		}, connect.WithInterceptors(ids)))
+		}, opts...))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv.URL
@@ -60,7 +72,7 @@ func ask(t *testing.T, c *connect.Client[emptypb.Empty, wrapperspb.StringValue],
 }
 
 func TestIdentitiesVerifyWhatTheEdgeSigned(t *testing.T) {
-	ids, err := auth.NewIdentities(identityKey)
+	ids, err := auth.NewIdentities(identityKey, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +85,12 @@ func TestIdentitiesVerifyWhatTheEdgeSigned(t *testing.T) {
 	if got, err := ask(t, c, good); err != nil || got != "user-7" {
 		t.Fatalf("signed identity: got %q, %v; want user-7", got, err)
 	}
-	if got, err := ask(t, c, ""); err != nil || got != "" {
-		t.Fatalf("no identity: got %q, %v; want an anonymous call", got, err)
+	if _, err := ask(t, c, ""); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("no identity: %v; want unauthenticated, the method needs a login", err)
+	}
+	process, _, _ := auth.SignProcess(identityKey, "order")
+	if got, err := ask(t, c, process); err != nil || got != "" {
+		t.Fatalf("a process's identity: got %q, %v; want the call, for no user", got, err)
 	}
 
 	otherKey := []byte("another-key-another-key-another-key!!")
@@ -103,7 +119,7 @@ func TestIdentitiesVerifyWhatTheEdgeSigned(t *testing.T) {
 }
 
 func TestIdentitiesWithoutKeyBelieveNone(t *testing.T) {
-	ids, err := auth.NewIdentities(nil)
+	ids, err := auth.NewIdentities(nil, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,16 +128,20 @@ func TestIdentitiesWithoutKeyBelieveNone(t *testing.T) {
 	if _, err := ask(t, c, good); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("got %v, want unauthenticated from a service with no identity key", err)
 	}
-	if _, err := auth.NewIdentities([]byte("short")); !errors.Is(err, auth.ErrKeyTooShort) {
+	if got, err := ask(t, c, ""); err != nil || got != "" {
+		t.Fatalf("no identity, no key: got %q, %v; want an anonymous call", got, err)
+	}
+	if _, err := auth.NewIdentities([]byte("short"), "test"); !errors.Is(err, auth.ErrKeyTooShort) {
 		t.Fatalf("short key: got %v, want ErrKeyTooShort", err)
 	}
 }
 
 // TestIdentitiesFollowTheCall: a service acting for a user calls its
-// peer as that user, and a call the service makes on its own is
-// anonymous.
+// peer as that user, and one acting for no user calls as itself, a
+// process of the platform (the peer's method needs a login, and takes
+// it).
 func TestIdentitiesFollowTheCall(t *testing.T) {
-	ids, err := auth.NewIdentities(identityKey)
+	ids, err := auth.NewIdentities(identityKey, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,8 +152,43 @@ func TestIdentitiesFollowTheCall(t *testing.T) {
 	if got, err := ask(t, front, good); err != nil || got != "user-9" {
 		t.Fatalf("peer saw %q, %v; want user-9", got, err)
 	}
-	if got, err := ask(t, front, ""); err != nil || got != "" {
-		t.Fatalf("peer saw %q, %v; want anonymous", got, err)
+	process, _, _ := auth.SignProcess(identityKey, "saga")
+	if got, err := ask(t, front, process); err != nil || got != "" {
+		t.Fatalf("peer saw %q, %v; want a process's call, for no user", got, err)
+	}
+}
+
+// TestIdentitiesApplyTheContract: a service holds its own callers to the
+// contract as the edge does: a public method takes anyone, an internal
+// one only the platform's processes, never a user.
+func TestIdentitiesApplyTheContract(t *testing.T) {
+	ids, err := auth.NewIdentities(identityKey, "inventory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	methods := inventoryv1.File_shop_inventory_v1_inventory_proto.Services().ByName("InventoryService").Methods()
+	public := whoClient(serveAs(t, ids, methods.ByName("GetItem"), nil), nil)
+	internal := whoClient(serveAs(t, ids, methods.ByName("ReserveStock"), nil), nil)
+	user, _, _ := auth.SignIdentity(identityKey, "user-7")
+	process, _, _ := auth.SignProcess(identityKey, "order")
+
+	for name, tc := range map[string]struct {
+		c        *connect.Client[emptypb.Empty, wrapperspb.StringValue]
+		identity string
+		want     connect.Code
+	}{
+		"public, anonymous":   {public, "", 0},
+		"public, a user":      {public, user, 0},
+		"internal, anonymous": {internal, "", connect.CodeUnauthenticated},
+		"internal, a user":    {internal, user, connect.CodePermissionDenied},
+		"internal, a process": {internal, process, 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ask(t, tc.c, tc.identity)
+			if connect.CodeOf(err) != tc.want && !(tc.want == 0 && err == nil) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
 	}
 }
 

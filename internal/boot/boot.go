@@ -243,9 +243,12 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		return nil, fmt.Errorf("%s: %w", svc.Name, err)
 	}
 	identityKey, _ := opts.LookupEnv(auth.IdentityKeyVar)
-	identities, err := auth.NewIdentities([]byte(identityKey))
+	identities, err := auth.NewIdentities([]byte(identityKey), svc.Name)
 	if err != nil {
 		return fail(err)
+	}
+	if !identities.Keyed() {
+		logger.Warn(auth.IdentityKeyVar + " is not set: this process believes no identity and requires none, so anyone who reaches it may call every method; set the environment's identity key wherever it takes traffic")
 	}
 	calls := watcher.Current().ProcessConfig().Calls
 	peers, err := client.New(opts.Backend.Resolver(), client.Options{

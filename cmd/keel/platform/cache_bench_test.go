@@ -167,6 +167,7 @@ func summary(nsPerOp map[string]float64, scenarios, paths []string) string {
 // its edge and, directly, of its inventory service.
 type benchPlatform struct {
 	edge, direct  inventoryv1connect.InventoryServiceClient
+	admin         inventoryv1connect.InventoryServiceClient // direct, as a process of the platform
 	inventoryAddr string
 	redis         rueidis.Client // of the Redis its services cache in, if any
 }
@@ -190,6 +191,7 @@ func startBenchPlatform(b *testing.B, opts platform.Options) *benchPlatform {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	opts.Env, opts.ConfigDir, opts.EdgeAddr, opts.DataDir, opts.Demo = config.EnvTest, "../../../consul/kv", "127.0.0.1:0", b.TempDir(), true
+	opts.IdentityKey = strings.Repeat("k", 32)
 	p, err := platform.Start(ctx, opts)
 	if err != nil {
 		cancel()
@@ -214,6 +216,9 @@ func startBenchPlatform(b *testing.B, opts platform.Options) *benchPlatform {
 	b.Cleanup(httpClient.CloseIdleConnections)
 	bp.edge = inventoryv1connect.NewInventoryServiceClient(httpClient, "http://"+p.EdgeAddr(), connect.WithProtoJSON())
 	bp.direct = inventoryv1connect.NewInventoryServiceClient(httpClient, "http://"+bp.inventoryAddr, connect.WithProtoJSON())
+	// CreateItem is internal: the items are made as the platform makes them.
+	bp.admin = inventoryv1connect.NewInventoryServiceClient(httpClient, "http://"+bp.inventoryAddr, connect.WithProtoJSON(),
+		testkit.AsPlatform(b, opts.IdentityKey, "bench"))
 	return bp
 }
 
@@ -311,7 +316,7 @@ func (m *missPool) seed(b *testing.B) {
 	for i := range skus {
 		skus[i] = fmt.Sprintf("BENCH-MISS-%07d", m.made+i)
 		g.Go(func() error {
-			_, err := m.p.direct.CreateItem(ctx, connect.NewRequest(&inventoryv1.CreateItemRequest{
+			_, err := m.p.admin.CreateItem(ctx, connect.NewRequest(&inventoryv1.CreateItemRequest{
 				RequestId:    "bench-" + skus[i],
 				Sku:          skus[i],
 				Name:         "Benchmark item " + strconv.Itoa(m.made+i),

@@ -10,6 +10,7 @@ import (
 	inventoryv1 "github.com/keelplatform/keel/gen/go/shop/inventory/v1"
 	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
 	moneyv1 "github.com/keelplatform/keel/gen/go/shop/money/v1"
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/client"
 	"github.com/keelplatform/keel/internal/discovery"
 )
@@ -34,10 +35,16 @@ func DemoItems() []DemoItem {
 }
 
 // SeedDemo puts [DemoItems] in the catalogue through the inventory
-// service that resolver finds. Each item's request id is fixed, so seeding
-// a platform that already has them changes nothing.
-func SeedDemo(ctx context.Context, resolver discovery.Resolver) error {
-	peers, err := client.New(resolver, client.Options{})
+// service that resolver finds, as a process of the platform: its calls
+// carry the identity identityKey signs (CreateItem is internal). Each
+// item's request id is fixed, so seeding a platform that already has
+// them changes nothing.
+func SeedDemo(ctx context.Context, resolver discovery.Resolver, identityKey []byte) error {
+	ids, err := auth.NewIdentities(identityKey, "keel-up")
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	peers, err := client.New(resolver, client.Options{Interceptors: []connect.Interceptor{ids}})
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}

@@ -3,10 +3,13 @@ package platform_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
 
+	inventoryv1 "github.com/keelplatform/keel/gen/go/shop/inventory/v1"
+	"github.com/keelplatform/keel/gen/go/shop/inventory/v1/inventoryv1connect"
 	orderv1 "github.com/keelplatform/keel/gen/go/shop/order/v1"
 	"github.com/keelplatform/keel/gen/go/shop/order/v1/orderv1connect"
 	paymentv1 "github.com/keelplatform/keel/gen/go/shop/payment/v1"
@@ -15,6 +18,7 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/storefront/v1/storefrontv1connect"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
+	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/testkit"
 )
 
@@ -55,7 +59,9 @@ func TestOwnershipThroughTheEdge(t *testing.T) {
 		"grpcweb": {http.DefaultClient, []connect.ClientOption{connect.WithGRPCWeb()}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			as := func(token string) []connect.ClientOption { return append([]connect.ClientOption{bearer(token)}, c.opts...) }
+			as := func(token string) []connect.ClientOption {
+				return append([]connect.ClientOption{bearer(token)}, c.opts...)
+			}
 			// Each call, made with token, and what it reads.
 			calls := map[string]func(token string) error{
 				"GetUser": func(token string) error {
@@ -100,4 +106,82 @@ func TestOwnershipThroughTheEdge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServicesHoldDirectCallersToTheContract: a caller that reaches a
+// service's own port, past the edge, gets no more than through it: a
+// public method answers anyone, a method that needs a login needs a
+// verified identity, an internal one a platform process's (a user's is
+// permission_denied), and an identity signed with another key is
+// refused.
+func TestServicesHoldDirectCallersToTheContract(t *testing.T) {
+	s := startShop(t)
+	addr := map[string]string{}
+	for _, svc := range s.p.Services() {
+		name, a, _ := strings.Cut(svc, "@")
+		addr[name] = "http://" + a
+	}
+	ctx := context.Background()
+	userIdentity, _, err := auth.SignIdentity([]byte(testIdentityKey), s.userID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, _, _ := auth.SignProcess([]byte("a-key-the-platform-does-not-hold!"), "order")
+	reserve := &inventoryv1.ReserveStockRequest{ReservationId: "direct-1", Lines: []*inventoryv1.StockLine{{Sku: "KEEL-MUG", Quantity: 1}}}
+	inventory := func(opts ...connect.ClientOption) inventoryv1connect.InventoryServiceClient {
+		return inventoryv1connect.NewInventoryServiceClient(http.DefaultClient, addr["inventory"], opts...)
+	}
+	users := func(opts ...connect.ClientOption) userv1connect.UserServiceClient {
+		return userv1connect.NewUserServiceClient(http.DefaultClient, addr["user"], opts...)
+	}
+	for name, tc := range map[string]struct {
+		call func() error
+		want connect.Code
+	}{
+		"public, no identity": {func() error {
+			_, err := inventory().GetItem(ctx, connect.NewRequest(&inventoryv1.GetItemRequest{Sku: "KEEL-MUG"}))
+			return err
+		}, 0},
+		"login needed, no identity": {func() error {
+			_, err := users().GetUser(ctx, connect.NewRequest(&userv1.GetUserRequest{Id: s.userID}))
+			return err
+		}, connect.CodeUnauthenticated},
+		"login needed, the user's identity": {func() error {
+			_, err := users(withHeader(auth.IdentityHeader, userIdentity)).GetUser(ctx, connect.NewRequest(&userv1.GetUserRequest{Id: s.userID}))
+			return err
+		}, 0},
+		"internal, no identity": {func() error {
+			_, err := inventory().ReserveStock(ctx, connect.NewRequest(reserve))
+			return err
+		}, connect.CodeUnauthenticated},
+		"internal, a user's identity": {func() error {
+			_, err := inventory(withHeader(auth.IdentityHeader, userIdentity)).ReserveStock(ctx, connect.NewRequest(reserve))
+			return err
+		}, connect.CodePermissionDenied},
+		"internal, a forged process identity": {func() error {
+			_, err := inventory(withHeader(auth.IdentityHeader, forged)).ReserveStock(ctx, connect.NewRequest(reserve))
+			return err
+		}, connect.CodeUnauthenticated},
+		"internal, a platform process": {func() error {
+			_, err := inventory(testkit.AsPlatform(t, testIdentityKey, "test")).ReserveStock(ctx, connect.NewRequest(reserve))
+			return err
+		}, 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := tc.call()
+			if (tc.want == 0 && err != nil) || (tc.want != 0 && connect.CodeOf(err) != tc.want) {
+				t.Fatalf("%v, want %v", err, map[bool]string{true: "success", false: tc.want.String()}[tc.want == 0])
+			}
+		})
+	}
+}
+
+// withHeader sends the header name: value on every call.
+func withHeader(name, value string) connect.ClientOption {
+	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			req.Header().Set(name, value)
+			return next(ctx, req)
+		}
+	}))
 }

@@ -127,7 +127,7 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	}
 
 	if opts.Demo {
-		if err := SeedDemo(ctx, opts.Backend.Resolver()); err != nil {
+		if err := SeedDemo(ctx, opts.Backend.Resolver(), []byte(opts.IdentityKey)); err != nil {
 			return fail(err)
 		}
 	}

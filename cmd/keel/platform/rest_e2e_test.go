@@ -60,11 +60,12 @@ func startShop(t *testing.T) *shop {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p, err := platform.Start(ctx, platform.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		EdgeAddr:  "127.0.0.1:0",
-		DataDir:   t.TempDir(),
-		Demo:      true,
+		Env:         config.EnvTest,
+		ConfigDir:   "../../../consul/kv",
+		EdgeAddr:    "127.0.0.1:0",
+		DataDir:     t.TempDir(),
+		Demo:        true,
+		IdentityKey: testIdentityKey,
 	})
 	if err != nil {
 		cancel()

@@ -140,8 +140,11 @@ func (h *Handler) PlaceOrder(ctx context.Context, req *connect.Request[orderv1.P
 		return nil, err
 	}
 	// Run creates the saga and, in the same transaction, the order, unless
-	// a concurrent call with the key did: then it waits for that one.
-	if _, err := h.sagas.Run(ctx, id, state); err != nil {
+	// a concurrent call with the key did: then it waits for that one. Its
+	// steps (reserve, charge, commit; release, refund) are the platform's
+	// own calls, made as the order service, not as the user, whose right
+	// to place the order was checked above.
+	if _, err := h.sagas.Run(auth.AsPlatform(ctx), id, state); err != nil {
 		return nil, h.sagaError(ctx, req.Spec(), id, err)
 	}
 	return h.outcome(ctx, req.Spec(), id, hash)
