@@ -139,28 +139,43 @@ start() {
 		token="$(config_value "$dir" initial_management)"
 	fi
 	bin="${KEEL_CONSUL_BIN:-$("$here/get-consul.sh")}"
-	log "starting $bin on 127.0.0.1:$port (files in $dir)"
-	# setsid: the agent outlives this script and ignores the shell's Ctrl-C.
-	setsid "$bin" agent -dev \
-		-bind 127.0.0.1 -client 127.0.0.1 -advertise 127.0.0.1 \
-		-data-dir "$dir/data" -pid-file "$dir/consul.pid" \
-		-config-file "$dir/agent.hcl" \
-		</dev/null >"$dir/consul.log" 2>&1 &
-	pid=$!
-	for i in $(seq 1 300); do
-		if ! kill -0 "$pid" 2>/dev/null; then
-			log "agent exited during start; last log lines:"
-			tail -n 20 "$dir/consul.log" >&2
-			exit 1
-		fi
-		leader="$(curl -sf "http://127.0.0.1:$port/v1/status/leader" 2>/dev/null || true)"
-		if [ -n "$leader" ] && [ "$leader" != '""' ]; then
-			if [ -z "$token" ] || curl -sf -H "X-Consul-Token: $token" \
-				"http://127.0.0.1:$port/v1/acl/token/self" >/dev/null 2>&1; then
+	local attempt
+	for attempt in 1 2 3; do
+		log "starting $bin on 127.0.0.1:$port (files in $dir)"
+		# setsid: the agent outlives this script and ignores the shell's Ctrl-C.
+		setsid "$bin" agent -dev \
+			-bind 127.0.0.1 -client 127.0.0.1 -advertise 127.0.0.1 \
+			-data-dir "$dir/data" -pid-file "$dir/consul.pid" \
+			-config-file "$dir/agent.hcl" \
+			</dev/null >"$dir/consul.log" 2>&1 &
+		pid=$!
+		for i in $(seq 1 300); do
+			if ! kill -0 "$pid" 2>/dev/null; then
 				break
 			fi
+			leader="$(curl -sf "http://127.0.0.1:$port/v1/status/leader" 2>/dev/null || true)"
+			if [ -n "$leader" ] && [ "$leader" != '""' ]; then
+				if [ -z "$token" ] || curl -sf -H "X-Consul-Token: $token" \
+					"http://127.0.0.1:$port/v1/acl/token/self" >/dev/null 2>&1; then
+					break
+				fi
+			fi
+			sleep 0.1
+		done
+		kill -0 "$pid" 2>/dev/null && break
+		# A free port chosen a moment ago can be taken by another process
+		# before the agent binds it: choose others and try again, unless the
+		# HTTP port was asked for.
+		if [ "$attempt" -lt 3 ] && [ -z "${KEEL_CONSUL_HTTP_PORT:-}" ] && grep -q 'address already in use' "$dir/consul.log"; then
+			log "a port was taken before the agent bound it; choosing others"
+			write_config "$dir" "$([ -n "$token" ] && echo 1 || echo 0)"
+			port="$(config_value "$dir" http)"
+			token="$(config_value "$dir" initial_management)"
+			continue
 		fi
-		sleep 0.1
+		log "agent exited during start; last log lines:"
+		tail -n 20 "$dir/consul.log" >&2
+		exit 1
 	done
 	if [ "$i" = 300 ]; then
 		log "no leader after 30s; last log lines:"
