@@ -39,7 +39,7 @@ func TestOwnershipThroughTheEdge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eve := login.Msg.GetAccessToken()
+	eve, eveID := login.Msg.GetAccessToken(), login.Msg.GetUser().GetId()
 
 	placed, err := orderv1connect.NewOrderServiceClient(http.DefaultClient, s.url, bearer(s.token)).PlaceOrder(ctx, connect.NewRequest(&orderv1.PlaceOrderRequest{
 		IdempotencyKey: "ownership-1", UserId: s.userID,
@@ -104,6 +104,13 @@ func TestOwnershipThroughTheEdge(t *testing.T) {
 			if connect.CodeOf(err) != connect.CodePermissionDenied {
 				t.Errorf("PlaceOrder in another customer's name: %v, want permission_denied", err)
 			}
+			// Without a user id, the order is the logged-in customer's.
+			own, err := orderv1connect.NewOrderServiceClient(c.client, s.url, as(eve)...).PlaceOrder(ctx, connect.NewRequest(&orderv1.PlaceOrderRequest{
+				IdempotencyKey: "ownership-own-" + name, Lines: []*orderv1.OrderLine{{Sku: "KEEL-MUG", Quantity: 1}},
+			}))
+			if err != nil || own.Msg.GetOrder().GetUserId() != eveID {
+				t.Errorf("PlaceOrder with no user id: %v, %v; want an order of %s", own, err, eveID)
+			}
 		})
 	}
 }
@@ -162,6 +169,11 @@ func TestServicesHoldDirectCallersToTheContract(t *testing.T) {
 			_, err := inventory(withHeader(auth.IdentityHeader, forged)).ReserveStock(ctx, connect.NewRequest(reserve))
 			return err
 		}, connect.CodeUnauthenticated},
+		"an order for no one": {func() error {
+			_, err := orderv1connect.NewOrderServiceClient(http.DefaultClient, addr["order"], testkit.AsPlatform(t, testIdentityKey, "test")).PlaceOrder(ctx,
+				connect.NewRequest(&orderv1.PlaceOrderRequest{IdempotencyKey: "direct-no-user", Lines: []*orderv1.OrderLine{{Sku: "KEEL-MUG", Quantity: 1}}}))
+			return err
+		}, connect.CodeInvalidArgument},
 		"internal, a platform process": {func() error {
 			_, err := inventory(testkit.AsPlatform(t, testIdentityKey, "test")).ReserveStock(ctx, connect.NewRequest(reserve))
 			return err

@@ -109,7 +109,14 @@ func (h *Handler) PlaceOrder(ctx context.Context, req *connect.Request[orderv1.P
 	if n := utf8.RuneCountInString(key); n < minKeyLen || n > maxKeyLen {
 		return nil, invalid(fmt.Sprintf("idempotency_key must be %d to %d characters", minKeyLen, maxKeyLen))
 	}
-	user, err := uuid.Parse(m.GetUserId())
+	raw := m.GetUserId()
+	if caller, ok := auth.UserFrom(ctx); ok && raw == "" {
+		raw = caller // the logged-in user orders for themselves
+	}
+	if raw == "" {
+		return nil, invalid("user_id is required for a call without a login")
+	}
+	user, err := uuid.Parse(raw)
 	if err != nil {
 		return nil, invalid("user_id must be a UUID")
 	}

@@ -353,7 +353,9 @@ type PlaceOrderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// idempotency_key makes retries safe; 8 to 128 characters.
 	IdempotencyKey string `protobuf:"bytes,1,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	// user_id who orders.
+	// user_id who orders. Through the edge it may be left empty: the order
+	// is then placed for the logged-in user. Set, it must be that user's id
+	// (permission_denied otherwise).
 	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// lines to order; at least one.
 	Lines         []*OrderLine `protobuf:"bytes,3,rep,name=lines,proto3" json:"lines,omitempty"`
@@ -698,11 +700,11 @@ const file_shop_order_v1_order_proto_rawDesc = "" +
 	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x125\n" +
 	"\ahistory\x18\n" +
-	" \x03(\v2\x1b.shop.order.v1.StatusChangeR\ahistory\"\xa7\x01\n" +
+	" \x03(\v2\x1b.shop.order.v1.StatusChangeR\ahistory\"\xaa\x01\n" +
 	"\x11PlaceOrderRequest\x123\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\b\x18\x80\x01R\x0eidempotencyKey\x12!\n" +
-	"\auser_id\x18\x02 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06userId\x12:\n" +
+	"\xbaH\ar\x05\x10\b\x18\x80\x01R\x0eidempotencyKey\x12$\n" +
+	"\auser_id\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x06userId\x12:\n" +
 	"\x05lines\x18\x03 \x03(\v2\x18.shop.order.v1.OrderLineB\n" +
 	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05lines\"@\n" +
 	"\x12PlaceOrderResponse\x12*\n" +
