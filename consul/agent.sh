@@ -38,20 +38,32 @@ usage() {
 
 log() { echo "consul-agent: $*" >&2; }
 
-# port_in_use PORT succeeds when something listens on 127.0.0.1:PORT (TCP or UDP).
+# port_in_use PORT succeeds when a socket uses 127.0.0.1:PORT (TCP or
+# UDP, listening or connected).
 port_in_use() {
 	if command -v ss >/dev/null 2>&1; then
-		[ -n "$(ss -Htuln "sport = :$1" 2>/dev/null)" ]
+		[ -n "$(ss -Htuan "sport = :$1" 2>/dev/null)" ]
 	else
 		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 	fi
 }
 
-# free_port prints a random unused port in 20000-59999 not in "$@".
+# free_port prints a random unused port not in "$@", below the kernel's
+# ephemeral range (where outgoing connections take their ports, so that
+# one checked free now may be taken by a connection a moment later):
+# 10000 up to the range's start, 20000-59999 if that leaves too few.
 free_port() {
-	local p taken
+	local p taken low=32768 span
+	if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+		read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+	fi
+	span=$((low - 10000))
 	while :; do
-		p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		if [ "$span" -ge 5000 ]; then
+			p=$((10000 + (RANDOM * 32768 + RANDOM) % span))
+		else
+			p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		fi
 		taken=0
 		for q in "$@"; do [ "$p" = "$q" ] && taken=1; done
 		[ "$taken" = 0 ] && ! port_in_use "$p" && { echo "$p"; return; }
