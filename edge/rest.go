@@ -247,8 +247,13 @@ func (c *restCall) refusal(method, path string) (*status.Status, int) {
 			st.Code = int32(connect.CodeNotFound)
 			st.Message = fmt.Sprintf("no route %s %s", method, path)
 		case http.StatusMethodNotAllowed:
+			// The transcoder lists them in no set order: sort them, so
+			// that the same request gets the same answer.
+			allowed := strings.Split(c.Header().Get("Allow"), ",")
+			slices.Sort(allowed)
+			c.Header().Set("Allow", strings.Join(allowed, ","))
 			st.Code = int32(connect.CodeUnimplemented)
-			st.Message = fmt.Sprintf("%s %s: method not allowed (allowed: %s)", method, path, c.Header().Get("Allow"))
+			st.Message = fmt.Sprintf("%s %s: method not allowed (allowed: %s)", method, path, strings.Join(allowed, ","))
 		default:
 			st.Code = int32(connect.CodeInvalidArgument)
 		}
