@@ -42,7 +42,7 @@ type endpoint struct {
 
 	inflight atomic.Int64
 	lastPick atomic.Int64  // unix nanoseconds
-	lag      atomic.Uint64 // float64 bits: moving average latency, ns
+	lag      atomic.Uint64 // float64 bits: moving average of latency relative to its method's, 1 = as usual
 	success  atomic.Uint64 // float64 bits: moving average of success, 0 to 1
 
 	mu         sync.Mutex   // serializes updates of lag and success
@@ -76,7 +76,7 @@ func (e *endpoint) cost(now time.Time, slowStart, decay time.Duration) float64 {
 	if idle := now.UnixNano() - e.lastSample.Load(); idle > 0 {
 		lag *= math.Exp(-float64(idle) / float64(decay))
 	}
-	c := (lag + 1) * float64(e.inflight.Load()+1) / max(e.load(&e.success), 0.01)
+	c := (lag + 0.001) * float64(e.inflight.Load()+1) / max(e.load(&e.success), 0.01)
 	if age := now.Sub(e.added); slowStart > 0 && age < slowStart {
 		c /= max(minWarm, float64(age)/float64(slowStart))
 	}
@@ -88,12 +88,13 @@ func (e *endpoint) cost(now time.Time, slowStart, decay time.Duration) float64 {
 // (go-zero's) barely moves, and the first sample would stand for seconds.
 const minSampleWeight = 0.1
 
-// observe folds an attempt's latency and outcome into the endpoint's
-// moving averages, weighting older values down by decay. Latency is a
-// peak EWMA (Finagle's, Linkerd's): an attempt slower than the average
-// raises it at once, faster ones bring it down gradually, so an instance
-// that turns slow stops taking calls before it has taken many.
-func (e *endpoint) observe(rtt time.Duration, ok bool, decay time.Duration) {
+// observe folds an attempt's latency, relative to its method's (rel),
+// and outcome into the endpoint's moving averages, weighting older values
+// down by decay. Latency is a peak EWMA (Finagle's, Linkerd's): an
+// attempt slower than the average raises it at once, faster ones bring it
+// down gradually, so an instance that turns slow stops taking calls
+// before it has taken many.
+func (e *endpoint) observe(rel float64, ok bool, decay time.Duration) {
 	s := 0.0
 	if ok {
 		s = 1
@@ -104,10 +105,10 @@ func (e *endpoint) observe(rtt time.Duration, ok bool, decay time.Duration) {
 	w := min(math.Exp(-float64(max(now-e.last, 0))/float64(decay)), 1-minSampleWeight)
 	e.last = now
 	lag, success := e.load(&e.lag), e.load(&e.success)
-	if lag == 0 || float64(rtt) > lag {
-		lag = float64(rtt)
+	if lag == 0 || rel > lag {
+		lag = rel
 	} else {
-		lag = lag*w + float64(rtt)*(1-w)
+		lag = lag*w + rel*(1-w)
 	}
 	e.lag.Store(math.Float64bits(lag))
 	e.success.Store(math.Float64bits(success*w + s*(1-w)))
@@ -138,6 +139,52 @@ type balancer struct {
 
 	mu     sync.Mutex
 	byAddr map[string]*endpoint
+
+	// methods holds, by method, the moving average of its attempts'
+	// latency across the upstream's instances (*methodLag): what an
+	// instance's latency is measured against, so that a method slow by
+	// nature (hashing a password) does not make the instance that served
+	// it look slow for the cheap calls that follow.
+	methods sync.Map
+	nMethod atomic.Int64
+}
+
+// maxMethods bounds the methods an upstream keeps averages of; the
+// methods past it are measured against themselves (relative latency 1).
+const maxMethods = 4096
+
+// methodWeight is the weight of one attempt in its method's average.
+const methodWeight = 0.05
+
+// methodLag is a method's moving average latency, float64 bits of ns.
+type methodLag struct{ v atomic.Uint64 }
+
+// relative returns rtt relative to the moving average of method's
+// attempts, and folds rtt into that average.
+func (b *balancer) relative(method string, rtt time.Duration) float64 {
+	m, ok := b.methods.Load(method)
+	if !ok {
+		if b.nMethod.Load() >= maxMethods {
+			return 1
+		}
+		var loaded bool
+		if m, loaded = b.methods.LoadOrStore(method, &methodLag{}); !loaded {
+			b.nMethod.Add(1)
+		}
+	}
+	ml := m.(*methodLag)
+	x := float64(max(rtt, time.Microsecond))
+	for {
+		old := ml.v.Load()
+		avg := math.Float64frombits(old)
+		next := x
+		if avg > 0 {
+			next = avg + (x-avg)*methodWeight
+		}
+		if ml.v.CompareAndSwap(old, math.Float64bits(next)) {
+			return x / next
+		}
+	}
 }
 
 // snapshot is the endpoints of one resolver answer.
@@ -414,13 +461,14 @@ func better(a, c *endpoint, now time.Time, s config.Balancer) *endpoint {
 	return a
 }
 
-// record feeds an attempt's outcome to the endpoint's breaker and
-// averages: failed attempts (unreachable, unavailable, timed out) count
-// against the breaker, and shed ones (resource_exhausted) only against
-// the success average. Canceled attempts (the caller went away, or a
-// hedge won) say nothing of the instance: they release the breaker's
-// permit as a success and leave the averages alone.
-func (e *endpoint) record(rtt time.Duration, failed, shed, canceled bool, decay time.Duration) {
+// record feeds an attempt of method to e, one of its endpoints: its
+// outcome to the endpoint's breaker and averages. Failed attempts
+// (unreachable, unavailable, timed out) count against the breaker, and
+// shed ones (resource_exhausted) only against the success average.
+// Canceled attempts (the caller went away, or a hedge won) say nothing of
+// the instance: they release the breaker's permit as a success and leave
+// the averages alone.
+func (b *balancer) record(e *endpoint, method string, rtt time.Duration, failed, shed, canceled bool, decay time.Duration) {
 	cb := e.breaker.Load().cb
 	if failed && !canceled {
 		cb.RecordFailure()
@@ -428,7 +476,7 @@ func (e *endpoint) record(rtt time.Duration, failed, shed, canceled bool, decay 
 		cb.RecordSuccess()
 	}
 	if !canceled {
-		e.observe(rtt, !failed && !shed, decay)
+		e.observe(b.relative(method, rtt), !failed && !shed, decay)
 	}
 }
 

@@ -42,6 +42,9 @@ type instance struct {
 	calls atomic.Int64
 	mode  atomic.Int32
 	delay atomic.Int64 // ns, for answer
+	// registerDelay is added to Register's answer (ns): a method slow by
+	// nature, as hashing a password is.
+	registerDelay atomic.Int64
 
 	mu        sync.Mutex
 	deadlines []time.Duration // time left the upstream saw, per call
@@ -58,6 +61,9 @@ func (i *instance) GetUser(ctx context.Context, req *connect.Request[userv1.GetU
 func (i *instance) Register(ctx context.Context, req *connect.Request[userv1.RegisterRequest]) (*connect.Response[userv1.RegisterResponse], error) {
 	if err := i.behave(ctx); err != nil {
 		return nil, err
+	}
+	if d := time.Duration(i.registerDelay.Load()); d > 0 {
+		time.Sleep(d)
 	}
 	return connect.NewResponse(&userv1.RegisterResponse{User: &userv1.User{Email: req.Msg.GetEmail()}}), nil
 }
@@ -442,6 +448,74 @@ func TestSlowInstanceGetsASmallShare(t *testing.T) {
 	t.Logf("slow instance share: %.3f (%d of %d)", share, slow.calls.Load(), slow.calls.Load()+fast.calls.Load())
 	if share > 0.15 {
 		t.Fatalf("the 10x slower instance got %.0f%% of calls, want under 15%%", share*100)
+	}
+}
+
+// TestSlowMethodDoesNotMakeItsInstanceLookSlow: one of two equal
+// instances keeps serving a method slow by nature (Register, 300ms; the
+// calls are steered there by a preference), and cheap reads (GetUser,
+// 2ms on both, from four callers) still go to it in fair share: its
+// latency is measured against each method's usual latency, not lumped
+// together, where the slow method would make it look 150 times slower
+// for the reads.
+func TestSlowMethodDoesNotMakeItsInstanceLookSlow(t *testing.T) {
+	t.Parallel()
+	a, b := startInstance(t), startInstance(t)
+	for _, inst := range []*instance{a, b} {
+		inst.delay.Store(int64(2 * time.Millisecond))
+		inst.registerDelay.Store(int64(300 * time.Millisecond))
+	}
+	registry := discovery.NewStatic()
+	for i, inst := range []*instance{a, b} {
+		if err := registry.Register(context.Background(), discovery.Instance{
+			ID: fmt.Sprintf("user-%d", i), Service: "user", Addr: inst.addr, Meta: map[string]string{"role": fmt.Sprint(i)},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := config.DefaultCalls()
+	calls.Balancer.SlowStart = 0
+	peers, err := client.New(registry, client.Options{Calls: &calls, Metrics: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(peers.CloseIdleConnections)
+	users := client.Connect(peers, "user", userv1connect.NewUserServiceClient)
+
+	ctx, stop := context.WithCancel(context.Background())
+	toA := callpolicy.WithPreference(ctx, callpolicy.Preference{Key: "role", Value: "0"})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			_ = register(toA, users)
+		}
+	})
+	// Let A serve a Register first, so its latency starts high.
+	eventually(t, 5*time.Second, "a Register at A", func() bool { return a.calls.Load() > 0 })
+	var readers sync.WaitGroup
+	var atA, total atomic.Int64
+	for range 4 {
+		readers.Go(func() {
+			for range 100 {
+				res, err := users.GetUser(context.Background(), connect.NewRequest(&userv1.GetUserRequest{Id: userID}))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				total.Add(1)
+				if res.Msg.GetUser().GetDisplayName() == a.addr {
+					atA.Add(1)
+				}
+			}
+		})
+	}
+	readers.Wait()
+	stop()
+	wg.Wait()
+	share := float64(atA.Load()) / float64(total.Load())
+	t.Logf("reads at the instance serving Register: %.3f (%d of %d)", share, atA.Load(), total.Load())
+	if share < 0.20 {
+		t.Fatalf("the instance serving the slow method got %.0f%% of the cheap reads, want a fair share (at least 20%%; 5 to 11%% when latency was lumped across methods)", share*100)
 	}
 }
 

@@ -386,7 +386,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 	case exec.Attempts() > 1 && c.req.GetBody != nil:
 		body, err := c.req.GetBody()
 		if err != nil {
-			ep.record(0, false, false, true, c.p.settings.Balancer.Decay)
+			c.u.balancer.record(ep, c.req.URL.Path, 0, false, false, true, c.p.settings.Balancer.Decay)
 			o := &outcome{ep: ep, err: fmt.Errorf("replay request body: %w", err), code: connect.CodeInternal}
 			c.keep(o)
 			return o, nil
@@ -394,7 +394,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 		out.Body = body
 	}
 	if !setTimeout(out.Header, ctx) {
-		ep.record(0, false, false, true, c.p.settings.Balancer.Decay)
+		c.u.balancer.record(ep, c.req.URL.Path, 0, false, false, true, c.p.settings.Balancer.Decay)
 		o := &outcome{ep: ep, err: context.DeadlineExceeded, code: connect.CodeDeadlineExceeded, notSent: true}
 		c.keep(o)
 		return o, nil
@@ -450,7 +450,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 		_, o.hinted = rpcstatus.RetryAfter(res)
 	}
 	failed := o.code == connect.CodeUnavailable || o.code == connect.CodeDeadlineExceeded
-	ep.record(rtt, failed, o.code == connect.CodeResourceExhausted, canceled, c.p.settings.Balancer.Decay)
+	c.u.balancer.record(ep, c.req.URL.Path, rtt, failed, o.code == connect.CodeResourceExhausted, canceled, c.p.settings.Balancer.Decay)
 
 	safe := o.notSent || c.m.Idempotent &&
 		(o.code == connect.CodeUnavailable || o.code == connect.CodeResourceExhausted && o.hinted ||
@@ -534,7 +534,7 @@ func (t *Transport) stream(ctx context.Context, cancel context.CancelFunc, u *up
 		url.Host = ep.addr
 		out.URL = &url
 		if !setTimeout(out.Header, ctx) {
-			ep.record(0, false, false, true, decay)
+			u.balancer.record(ep, req.URL.Path, 0, false, false, true, decay)
 			cancel()
 			return nil, fmt.Errorf("%s: %w", u.name, context.DeadlineExceeded)
 		}
@@ -544,14 +544,14 @@ func (t *Transport) stream(ctx context.Context, cancel context.CancelFunc, u *up
 		if err != nil {
 			ep.inflight.Add(-1)
 			canceled := ctx.Err() != nil
-			ep.record(time.Since(start), true, false, canceled, decay)
+			u.balancer.record(ep, req.URL.Path, time.Since(start), true, false, canceled, decay)
 			if isDialError(err) && !canceled && len(tried) < p.settings.Retry.MaxAttempts {
 				continue // never reached the instance: the body is untouched
 			}
 			cancel()
 			return nil, attemptError(u.name, &outcome{ep: ep, err: err, code: connect.CodeUnavailable}, ctx)
 		}
-		ep.record(time.Since(start), false, false, false, decay)
+		u.balancer.record(ep, req.URL.Path, time.Since(start), false, false, false, decay)
 		if r := reportOf(req.Context()); r != nil {
 			r.Instance, r.Attempts = ep.addr, len(tried)
 		}
