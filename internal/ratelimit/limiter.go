@@ -162,6 +162,11 @@ func (l *Limiter) connectLoop() {
 			// A failed call is decided in process; retrying would only
 			// make it slower.
 			DisableRetry: true,
+			// One connection, auto-pipelined: after a Redis restart only
+			// one broken connection fails a call, where each of several
+			// would fail one in turn after the first call got through and
+			// made the limits look shared again.
+			PipelineMultiplex: -1,
 		})
 		if err == nil {
 			select {
