@@ -20,7 +20,9 @@
 # Every policy is on, as configured in consul/kv/test (balancing,
 # breakers, retry budget, throttle, deadlines, load shedding, metrics),
 # login is checked (every call carries a bearer token the edge verifies,
-# and the edge vouches for the caller to the service), a per-user rate
+# and the edge vouches for the caller to the service; the calls that go
+# straight to the service, or through nginx, carry the identity the edge
+# would forward, which the service verifies), a per-user rate
 # limit is on with a limit no call reaches (its cost is measured, not its
 # refusals), and tracing exports to a local Jaeger with 1% of traces
 # sampled. Before measuring, every target answers a few calls of every
@@ -172,6 +174,21 @@ id="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$tmp/register.json")"
 token="$(printf '%s' "$login" | sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p')"
 [ -n "$id" ] && [ -n "$token" ] || { echo "could not register and log in the bench user" >&2; exit 1; }
 auth="Authorization: Bearer $token"
+# What the edge forwards for the user, for the calls that go straight to
+# the user service or through nginx: services believe only an identity
+# signed with the environment's key (the edge replaces a caller's own).
+identity="$(python3 - "$KEEL_IDENTITY_KEY" "$id" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+key, sub = sys.argv[1].encode(), sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+now = int(time.time())
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"iss": "keel-edge", "sub": sub, "iat": now, "exp": now + 3600}).encode())
+sig = b64(hmac.new(key, (head + "." + claims).encode(), hashlib.sha256).digest())
+print(head + "." + claims + "." + sig)
+PY
+)"
+vouched="Keel-Identity: $identity"
 body="{\"id\":\"$id\"}"
 printf '%s' "$body" >"$tmp/body.json"
 # GetUserRequest{id} in protobuf binary (field 1, length-delimited), and
@@ -185,11 +202,13 @@ cat >"$tmp/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $token"
+wrk.headers["Keel-Identity"] = "$identity"
 wrk.body = '$body'
 LUA
 cat >"$tmp/get.lua" <<LUA
 wrk.method = "GET"
 wrk.headers["Authorization"] = "Bearer $token"
+wrk.headers["Keel-Identity"] = "$identity"
 LUA
 
 # url UP NAME CALL prints the URL the call kind CALL takes to target NAME.
@@ -223,7 +242,7 @@ load() {
 		connect-h2 | grpc)
 			local args=(-d "$tmp/body.json" -H 'Content-Type: application/json')
 			[ "$1" = grpc ] && args=(-d "$tmp/grpc.bin" -H 'Content-Type: application/grpc' -H 'te: trailers')
-			h2load -D "$seconds" -c 16 -m 16 "${args[@]}" -H "$auth" "$2" 2>&1 |
+			h2load -D "$seconds" -c 16 -m 16 "${args[@]}" -H "$auth" -H "$vouched" "$2" 2>&1 |
 				awk -v d="$seconds" '/^requests:/ {errored=$12} /^status codes:/ {ok=$3; bad=$7+$9} END {printf "%.0f - %d\n", ok / d, bad + errored}'
 			;;
 	esac
@@ -231,7 +250,7 @@ load() {
 
 # loadgen_flags CALL sets flags to loadgen's flags for the call kind CALL.
 loadgen_flags() {
-	flags=(-H "$auth")
+	flags=(-H "$auth" -H "$vouched")
 	case "$1" in
 		connect-h1) flags+=(-body "$body") ;;
 		connect-h2) flags+=(-body "$body" -h2c) ;;
