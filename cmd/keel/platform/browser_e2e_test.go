@@ -44,7 +44,7 @@ const browserWait = 30 * time.Second
 func TestBrowserStorefrontPlacesAnOrder(t *testing.T) {
 	chromium := findChromium(t)
 	page := servePage(t)
-	edge := startBrowserShop(t, nil)
+	edge, shop := startBrowserShop(t, nil)
 	b := openBrowser(t, chromium)
 	pageURL := page + "?edge=" + url.QueryEscape(edge)
 	start := time.Now()
@@ -143,6 +143,25 @@ func TestBrowserStorefrontPlacesAnOrder(t *testing.T) {
 	}
 	b.screenshot("storefront-order.png")
 
+	// The payment service goes away: the order view still comes, with
+	// its payment marked unavailable and the rest whole.
+	if err := shop.StopService("payment"); err != nil {
+		t.Fatalf("stop the payment service: %v", err)
+	}
+	renders := b.attr("#order-view", "data-renders")
+	b.do("refresh the order view", chromedp.Click(chromedp.ID("order-refresh")))
+	b.await("the order view without its payment", fmt.Sprintf(`#order-view[data-degraded~=payment]:not([data-renders=%q])`, renders))
+	if got := b.text("[data-testid=degraded-payment]"); !strings.Contains(got, "payment") {
+		t.Errorf("the degraded payment is marked %q, want a badge naming the payment", got)
+	}
+	if got := b.attr("#order-view", "data-status"); got != "CONFIRMED" {
+		t.Errorf("degraded order view shows status %q, want CONFIRMED", got)
+	}
+	if got := b.text("#order-total"); got != pageMoney(total) {
+		t.Errorf("degraded order view shows total %q, want %q", got, pageMoney(total))
+	}
+	b.screenshot("storefront-order-degraded.png")
+
 	// A wrong password: the page shows the code and the message.
 	b.do("log in with a wrong password",
 		chromedp.SetValue(chromedp.ID("password"), "wrong horse"),
@@ -181,7 +200,7 @@ func TestBrowserStorefrontPlacesAnOrder(t *testing.T) {
 func TestBrowserIsRefusedFromAnOriginTheEdgeDoesNotAllow(t *testing.T) {
 	chromium := findChromium(t)
 	page := servePage(t)
-	edge := startBrowserShop(t, map[string]string{"KEEL_ALLOWED_ORIGINS": `["https://shop.example"]`})
+	edge, _ := startBrowserShop(t, map[string]string{"KEEL_ALLOWED_ORIGINS": `["https://shop.example"]`})
 	b := openBrowser(t, chromium)
 	b.do("load the page", chromedp.Navigate(page+"?edge="+url.QueryEscape(edge)))
 	msg := b.awaitError("")
@@ -197,7 +216,7 @@ func TestBrowserIsRefusedFromAnOriginTheEdgeDoesNotAllow(t *testing.T) {
 // startBrowserShop starts the platform with the demo catalogue and the test
 // environment's settings, overridden by settings (environment variables),
 // and returns the edge's URL.
-func startBrowserShop(t *testing.T, settings map[string]string) string {
+func startBrowserShop(t *testing.T, settings map[string]string) (string, *platform.Platform) {
 	t.Helper()
 	for k, v := range settings {
 		t.Setenv(k, v)
@@ -220,7 +239,7 @@ func startBrowserShop(t *testing.T, settings map[string]string) string {
 			t.Errorf("platform stopped with %v", err)
 		}
 	})
-	return "http://" + p.EdgeAddr()
+	return "http://" + p.EdgeAddr(), p
 }
 
 // findChromium returns the Chromium binary: $KEEL_CHROMIUM, or chromium on

@@ -67,6 +67,8 @@ type Platform struct {
 	edge     *boot.Running
 	services []*boot.Running
 	stop     context.CancelFunc
+	// stopOne stops one service, by name, for drills and tests.
+	stopOne map[string]context.CancelFunc
 }
 
 // Start boots every service, then the edge, and returns once all of them
@@ -108,7 +110,7 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	// Services outlive the edge: they stop only after the edge has drained,
 	// so calls the edge accepted can still reach them.
 	servicesCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
-	p := &Platform{stop: stopServices}
+	p := &Platform{stop: stopServices, stopOne: map[string]context.CancelFunc{}}
 	fail := func(err error) (*Platform, error) {
 		stopServices()
 		_ = p.Wait()
@@ -116,7 +118,9 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	}
 
 	for _, svc := range Services() {
-		r, err := svc.Start(servicesCtx, bootOpts(svc.Name, keys(map[string]string{
+		svcCtx, stopSvc := context.WithCancel(servicesCtx)
+		p.stopOne[svc.Name] = stopSvc
+		r, err := svc.Start(svcCtx, bootOpts(svc.Name, keys(map[string]string{
 			"KEEL_DATABASE_DATA_DIR": opts.DataDir,
 			"KEEL_CACHE_REDIS_ADDR":  opts.RedisAddr,
 		})))
@@ -158,6 +162,24 @@ func (p *Platform) Services() []string {
 		names = append(names, s.Instance.Service+"@"+s.Instance.Addr)
 	}
 	return names
+}
+
+// StopService stops the service named name, as a graceful shutdown does
+// (it deregisters, drains and ends), and waits for it; the rest of the
+// platform runs on without it. For drills and tests of how the others
+// cope.
+func (p *Platform) StopService(name string) error {
+	stop, ok := p.stopOne[name]
+	if !ok {
+		return fmt.Errorf("platform: no service %q", name)
+	}
+	stop()
+	for _, r := range p.services {
+		if r.Instance.Service == name {
+			return r.Wait()
+		}
+	}
+	return nil
 }
 
 // Wait blocks until every process has stopped and returns their errors.
