@@ -170,10 +170,12 @@ var _ boot.AdminProcess = (*Edge)(nil)
 // (KEEL_TOKEN_KEY) unless an identity provider's keys are used.
 func authFrom(s AuthSettings, secret func(string) (string, bool)) (*Auth, error) {
 	identityKey, _ := secret(auth.IdentityKeyVar)
-	if len(identityKey) < auth.MinKeyLen {
-		return nil, fmt.Errorf("%s must hold the environment's identity key, at least %d bytes, shared with the services", auth.IdentityKeyVar, auth.MinKeyLen)
+	keys, err := auth.SplitKeys([]byte(identityKey))
+	if err != nil || len(keys) == 0 {
+		return nil, fmt.Errorf("%s must hold the environment's identity key, at least %d bytes, shared with the services (several, newest first, separated by commas, while rotating it)", auth.IdentityKeyVar, auth.MinKeyLen)
 	}
-	a := &Auth{IdentityKey: []byte(identityKey)}
+	// The edge signs with the newest key; the services believe any.
+	a := &Auth{IdentityKey: keys[0]}
 	if s.JWKSURL != "" {
 		a.Tokens = &auth.JWKS{URL: s.JWKSURL, Issuer: s.Issuer, Audience: s.Audience}
 		return a, nil

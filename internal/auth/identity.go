@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,8 +28,29 @@ const TokenKeyVar = "KEEL_TOKEN_KEY"
 
 // IdentityKeyVar is the environment variable holding the identity key:
 // one secret per environment, shared by the edge and the services, of at
-// least [MinKeyLen] bytes.
+// least [MinKeyLen] bytes. To rotate it, give several keys separated by
+// commas, the newest first ([SplitKeys]): identity is signed with the
+// first and believed under any, so the new key can reach every process
+// before any signs with it, and the old one be dropped after.
 const IdentityKeyVar = "KEEL_IDENTITY_KEY"
+
+// SplitKeys splits the value of a key variable into its keys, the newest
+// first; each must have at least [MinKeyLen] bytes. An empty value is no
+// key.
+func SplitKeys(value []byte) ([][]byte, error) {
+	if len(value) == 0 {
+		return nil, nil
+	}
+	var keys [][]byte
+	for i, k := range bytes.Split(value, []byte(",")) {
+		k = bytes.TrimSpace(k)
+		if len(k) < MinKeyLen {
+			return nil, fmt.Errorf("key %d of %d: %w", i+1, bytes.Count(value, []byte(","))+1, ErrKeyTooShort)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
 
 // identityIssuer tells identity tokens from login tokens, which a caller
 // could otherwise try to pass off as one (they also differ in key).
@@ -61,15 +83,22 @@ func VerifyIdentity(key []byte, token string) (string, error) {
 	return Verify(key, identityIssuer, token)
 }
 
-// verifyCaller checks a token a call carries: a user's identity or a
-// process's. It returns the subject and whether it is a process.
-func verifyCaller(key []byte, token string) (subject string, process bool, err error) {
-	if len(key) < MinKeyLen {
+// verifyCaller checks a token a call carries, signed with any of keys: a
+// user's identity or a process's. It returns the subject and whether it
+// is a process.
+func verifyCaller(keys [][]byte, token string) (subject string, process bool, err error) {
+	if len(keys) == 0 {
 		return "", false, ErrKeyTooShort
 	}
 	var claims jwt.RegisteredClaims
 	_, err = jwt.ParseWithClaims(token, &claims,
-		func(*jwt.Token) (any, error) { return key, nil },
+		func(*jwt.Token) (any, error) {
+			vks := jwt.VerificationKeySet{}
+			for _, k := range keys {
+				vks.Keys = append(vks.Keys, k)
+			}
+			return vks, nil
+		},
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
@@ -133,7 +162,7 @@ func UserFrom(ctx context.Context) (string, bool) {
 // identity and requires none: a header is refused, a call without one
 // goes on anonymous.
 type Identities struct {
-	key     []byte
+	keys    [][]byte // the newest, which signs, first
 	process string
 	own     atomic.Pointer[ownIdentity]
 }
@@ -147,18 +176,20 @@ type ownIdentity struct {
 var _ connect.Interceptor = (*Identities)(nil)
 
 // NewIdentities returns the interceptor verifying identity with key, the
-// environment's identity key (empty: none configured), for the process
+// value of the environment's identity key (empty: none configured; one
+// key, or several for a rotation, see [IdentityKeyVar]), for the process
 // named process.
 func NewIdentities(key []byte, process string) (*Identities, error) {
-	if len(key) > 0 && len(key) < MinKeyLen {
-		return nil, fmt.Errorf("%s: %w", IdentityKeyVar, ErrKeyTooShort)
+	keys, err := SplitKeys(key)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", IdentityKeyVar, err)
 	}
-	return &Identities{key: key, process: process}, nil
+	return &Identities{keys: keys, process: process}, nil
 }
 
 // Keyed reports whether the interceptor has an identity key, and so
 // requires identity on the calls it answers.
-func (i *Identities) Keyed() bool { return len(i.key) > 0 }
+func (i *Identities) Keyed() bool { return len(i.keys) > 0 }
 
 // errForgedIdentity is all a caller learns about an identity that does
 // not verify.
@@ -168,7 +199,7 @@ var errForgedIdentity = errors.New("the " + IdentityHeader + " header does not v
 // of spec and applies the contract's access rule.
 func (i *Identities) receive(ctx context.Context, spec connect.Spec, h interface{ Get(string) string }) (context.Context, error) {
 	token := h.Get(IdentityHeader)
-	if len(i.key) == 0 {
+	if len(i.keys) == 0 {
 		if token != "" {
 			return ctx, connect.NewError(connect.CodeUnauthenticated, errForgedIdentity)
 		}
@@ -182,7 +213,7 @@ func (i *Identities) receive(ctx context.Context, spec connect.Spec, h interface
 		}
 		return ctx, connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("%s needs a login: call it through the edge", strings.TrimPrefix(spec.Procedure, "/")))
 	}
-	subject, process, err := verifyCaller(i.key, token)
+	subject, process, err := verifyCaller(i.keys, token)
 	if err != nil {
 		return ctx, connect.NewError(connect.CodeUnauthenticated, errForgedIdentity)
 	}
@@ -202,12 +233,12 @@ func (i *Identities) send(ctx context.Context, h interface{ Set(string, string) 
 		h.Set(IdentityHeader, c.token)
 		return nil
 	}
-	if len(i.key) == 0 {
+	if len(i.keys) == 0 {
 		return nil
 	}
 	own := i.own.Load()
 	if own == nil || !time.Now().Before(own.renew) {
-		token, expires, err := SignProcess(i.key, i.process)
+		token, expires, err := SignProcess(i.keys[0], i.process)
 		if err != nil {
 			return fmt.Errorf("auth: sign the identity of %s: %w", i.process, err)
 		}

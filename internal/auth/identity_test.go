@@ -209,3 +209,43 @@ func TestRequireOwner(t *testing.T) {
 		t.Fatalf("message %q", msg)
 	}
 }
+
+// TestIdentityKeyRotates: with the new key and the old one in the
+// environment's value (newest first), a service believes identity signed
+// with either and signs its own with the new one; once the old key is
+// dropped, what it signed is refused.
+func TestIdentityKeyRotates(t *testing.T) {
+	oldKey := []byte("the-old-identity-key-the-old-identity-key")
+	newKey := []byte("the-new-identity-key-the-new-identity-key")
+	during, err := auth.NewIdentities(append(append(append([]byte{}, newKey...), ", "...), oldKey...), "during")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := auth.NewIdentities(newKey, "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signedOld, _, _ := auth.SignIdentity(oldKey, "user-1")
+	signedNew, _, _ := auth.SignIdentity(newKey, "user-1")
+
+	c := whoClient(whoAmI(t, during, nil), nil)
+	for name, token := range map[string]string{"old key": signedOld, "new key": signedNew} {
+		if got, err := ask(t, c, token); err != nil || got != "user-1" {
+			t.Fatalf("during the rotation, identity signed with the %s: %q, %v", name, got, err)
+		}
+	}
+	// A process with both keys calls its peers with the new one: a peer
+	// that already dropped the old key believes it.
+	peerAfter := whoAmI(t, after, nil)
+	front := whoClient(whoAmI(t, during, whoClient(peerAfter, during)), nil)
+	process, _, _ := auth.SignProcess(newKey, "saga")
+	if _, err := ask(t, front, process); err != nil {
+		t.Fatalf("a call signed by a process during the rotation, at a peer after it: %v", err)
+	}
+	if _, err := ask(t, whoClient(peerAfter, nil), signedOld); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("after the rotation, identity signed with the old key: %v, want unauthenticated", err)
+	}
+	if _, err := auth.NewIdentities([]byte(string(newKey)+",short"), "x"); !errors.Is(err, auth.ErrKeyTooShort) {
+		t.Fatalf("a short key among several: %v, want ErrKeyTooShort", err)
+	}
+}
