@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -102,21 +103,37 @@ func Verify(key []byte, issuer, token string) (subject string, err error) {
 
 // verifyHS256 is [Verify], returning the token's claims.
 func verifyHS256(key []byte, issuer, token string) (*jwt.RegisteredClaims, error) {
-	if len(key) < MinKeyLen {
+	return parseHS256([][]byte{key}, token, issuerOrDefault(issuer))
+}
+
+// parseHS256 checks token's HS256 signature with any of keys, its expiry,
+// that its issuer is one of issuers and that it has a subject, and
+// returns its claims. Errors wrap [ErrInvalidToken], or are
+// [ErrKeyTooShort].
+func parseHS256(keys [][]byte, token string, issuers ...string) (*jwt.RegisteredClaims, error) {
+	set := jwt.VerificationKeySet{}
+	for _, k := range keys {
+		if len(k) < MinKeyLen {
+			return nil, ErrKeyTooShort
+		}
+		set.Keys = append(set.Keys, k)
+	}
+	if len(set.Keys) == 0 {
 		return nil, ErrKeyTooShort
 	}
 	var claims jwt.RegisteredClaims
 	_, err := jwt.ParseWithClaims(token, &claims,
-		func(*jwt.Token) (any, error) { return key, nil },
+		func(*jwt.Token) (any, error) { return set, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-		jwt.WithIssuer(issuerOrDefault(issuer)),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 	)
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
-	}
-	if claims.Subject == "" {
+	case !slices.Contains(issuers, claims.Issuer):
+		return nil, fmt.Errorf("%w: issuer %q not accepted", ErrInvalidToken, claims.Issuer)
+	case claims.Subject == "":
 		return nil, fmt.Errorf("%w: no subject", ErrInvalidToken)
 	}
 	return &claims, nil

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -87,27 +86,9 @@ func VerifyIdentity(key []byte, token string) (string, error) {
 // user's identity or a process's. It returns the subject and whether it
 // is a process.
 func verifyCaller(keys [][]byte, token string) (subject string, process bool, err error) {
-	if len(keys) == 0 {
-		return "", false, ErrKeyTooShort
-	}
-	var claims jwt.RegisteredClaims
-	_, err = jwt.ParseWithClaims(token, &claims,
-		func(*jwt.Token) (any, error) {
-			vks := jwt.VerificationKeySet{}
-			for _, k := range keys {
-				vks.Keys = append(vks.Keys, k)
-			}
-			return vks, nil
-		},
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(),
-	)
+	claims, err := parseHS256(keys, token, identityIssuer, processIssuer)
 	if err != nil {
-		return "", false, fmt.Errorf("%w: %w", ErrInvalidToken, err)
-	}
-	if claims.Subject == "" || (claims.Issuer != identityIssuer && claims.Issuer != processIssuer) {
-		return "", false, fmt.Errorf("%w: not an identity", ErrInvalidToken)
+		return "", false, err
 	}
 	return claims.Subject, claims.Issuer == processIssuer, nil
 }

@@ -187,13 +187,3 @@ func TestServicesHoldDirectCallersToTheContract(t *testing.T) {
 		})
 	}
 }
-
-// withHeader sends the header name: value on every call.
-func withHeader(name, value string) connect.ClientOption {
-	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set(name, value)
-			return next(ctx, req)
-		}
-	}))
-}

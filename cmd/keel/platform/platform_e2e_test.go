@@ -94,9 +94,14 @@ var protocols = map[string]struct {
 
 // bearer sends token as the caller's login on every call.
 func bearer(token string) connect.ClientOption {
+	return withHeader("Authorization", "Bearer "+token)
+}
+
+// withHeader sends the header name: value on every call.
+func withHeader(name, value string) connect.ClientOption {
 	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+token)
+			req.Header().Set(name, value)
 			return next(ctx, req)
 		}
 	}))
