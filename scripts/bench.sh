@@ -33,6 +33,18 @@
 # scripts/loadgen holds half the edge's measured maximum rate (open loop)
 # against direct and the edge for each kind of call, and prints p50/p99.
 #
+# Beside them, for the HTTP/1.1 Connect call to the zero upstream, two
+# reference proxies in Go (scripts/refproxy) show what Go itself allows
+# here: "go-bytes" copies requests and responses as bytes over a dedicated
+# upstream connection (the floor of any Go proxy), "go-nethttp" is
+# net/http's server in front of the edge's pooled client, deciding
+# nothing (BENCH_REFERENCE=0 leaves them out).
+#
+# BENCH_CALLS and BENCH_UPSTREAMS narrow a run to some call kinds and
+# upstreams (e.g. BENCH_CALLS=connect-h1 BENCH_UPSTREAMS=zero);
+# BENCH_OPEN_LOOP=0 skips the latency part. BENCH_PROFILE=<dir> saves a
+# CPU profile of the edge taken during its first run of each kind.
+#
 # BASE_REF=<git ref> also builds the edge of that commit and measures it
 # beside the current one ("before"). BENCH_SECONDS sets each run's length
 # (default 10). Installs wrk, h2load and nginx from Debian if missing.
@@ -65,6 +77,7 @@ go build -o "$tmp/edge" ./cmd/edge
 go build -o "$tmp/user" ./services/user
 go build -o "$tmp/zero" ./scripts/zeroupstream
 go build -o "$tmp/loadgen" ./scripts/loadgen
+go build -o "$tmp/refproxy" ./scripts/refproxy
 targets=(edge)
 if [ -n "${BASE_REF:-}" ]; then
 	git worktree add -q --detach "$tmp/base" "$BASE_REF"
@@ -138,6 +151,15 @@ for t in "${targets[@]}"; do
 		wait_port "${a#*:}"
 		addr[$up/$t]="$a"
 	done
+done
+
+# The reference proxies, in front of the zero upstream.
+for mode in bytes nethttp; do
+	a="127.0.0.1:$(port)"
+	"$tmp/refproxy" -mode "$mode" -addr "$a" -upstream "$zero" >/dev/null &
+	pids+=($!)
+	wait_port "${a#*:}"
+	addr[zero/go-$mode]="$a"
 done
 
 # nginx, one worker, keep-alive upstreams, a port per upstream and
@@ -271,14 +293,21 @@ check() {
 }
 
 names=(direct "${targets[@]}" nginx)
-calls=(connect-h1 connect-h2 rest grpc)
-for up in zero user; do for call in "${calls[@]}"; do for name in "${names[@]}"; do check "$up" "$name" "$call"; done; done; done
+read -r -a calls <<<"${BENCH_CALLS:-connect-h1 connect-h2 rest grpc}"
+read -r -a ups <<<"${BENCH_UPSTREAMS:-zero user}"
+for up in "${ups[@]}"; do for call in "${calls[@]}"; do for name in "${names[@]}"; do check "$up" "$name" "$call"; done; done; done
 
 declare -A rps p99
+profiling=()
 for round in $(seq 1 "$rounds"); do
-	for up in zero user; do
+	for up in "${ups[@]}"; do
 		for call in "${calls[@]}"; do
 			for name in "${names[@]}"; do
+				if [ -n "${BENCH_PROFILE:-}" ] && [ "$round" = 1 ] && [ "$name" = edge ]; then
+					mkdir -p "$BENCH_PROFILE"
+					curl -sf -o "$BENCH_PROFILE/$up-$call.pprof" "http://${addr[$up/edge]}/debug/pprof/profile?seconds=$((seconds > 2 ? seconds - 1 : 1))" &
+					profiling+=($!)
+				fi
 				read -r r p refused < <(load "$call" "$(url "$up" "$name" "$call")")
 				rps[$up/$call/$name]+="$r "
 				p99[$up/$call/$name]+="$p "
@@ -296,7 +325,7 @@ echo "(rest: GET /v1/users/{id} at the edge, the same read as a Connect GET dire
 printf '%-6s %-10s' upstream call
 for name in "${names[@]}"; do printf ' %22s' "$name req/s (rounds)"; done
 printf ' %10s %10s\n' "edge/dir" "edge/nginx"
-for up in zero user; do
+for up in "${ups[@]}"; do
 	for call in "${calls[@]}"; do
 		printf '%-6s %-10s' "$up" "$call"
 		declare -A med
@@ -310,6 +339,27 @@ for up in zero user; do
 		fi
 	done
 done
+for pid in "${profiling[@]}"; do wait "$pid" || true; done
+
+if [ "${BENCH_REFERENCE:-1}" = 1 ]; then
+	refs=(go-bytes go-nethttp edge nginx)
+	for name in go-bytes go-nethttp; do check zero "$name" connect-h1; done
+	declare -A ref
+	for round in $(seq 1 "$rounds"); do
+		for name in "${refs[@]}"; do
+			read -r r _ _ < <(load connect-h1 "$(url zero "$name" connect-h1)")
+			ref[$name]+="$r "
+			printf 'reference round %s %-10s %10s req/s\n' "$round" "$name" "$r" >&2
+		done
+	done
+	echo
+	echo "What Go allows: connect-h1 to the zero upstream, successful calls/s, median of ${rounds} rounds, and the ratio to nginx"
+	for name in "${refs[@]}"; do
+		m="$(echo "${ref[$name]}" | median)"
+		printf '  %-10s %8.0f  %s x nginx\n' "$name" "$m" "$(ratio "$m" "$(echo "${ref[nginx]}" | median)")"
+	done
+fi
+[ "${BENCH_OPEN_LOOP:-1}" = 0 ] && exit 0
 echo
 echo "p99 under wrk's full load (HTTP/1.1, zero upstream), connect: direct ${p99[zero/connect-h1/direct]}| edge ${p99[zero/connect-h1/edge]}| nginx ${p99[zero/connect-h1/nginx]}"
 echo "                                                  rest:    direct ${p99[zero/rest/direct]}| edge ${p99[zero/rest/edge]}| nginx ${p99[zero/rest/nginx]}"
