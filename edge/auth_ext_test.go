@@ -92,7 +92,7 @@ func startAuthEdge(t *testing.T) (string, *shopUpstream) {
 	e, err := edge.New(edge.Config{
 		Server:   server.Config{Addr: "127.0.0.1:0"},
 		Services: []string{userv1connect.UserServiceName, inventoryv1connect.InventoryServiceName},
-		Auth:     &edge.Auth{Tokens: auth.HS256{Key: tokenKey}, IdentityKey: identityKey},
+		Auth:     &edge.Auth{Tokens: auth.HS256{Keys: [][]byte{tokenKey}}, IdentityKey: identityKey},
 	}, registry, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

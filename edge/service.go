@@ -172,7 +172,7 @@ func authFrom(s AuthSettings, secret func(string) (string, bool)) (*Auth, error)
 	identityKey, _ := secret(auth.IdentityKeyVar)
 	keys, err := auth.SplitKeys([]byte(identityKey))
 	if err != nil || len(keys) == 0 {
-		return nil, fmt.Errorf("%s must hold the environment's identity key, at least %d bytes, shared with the services (several, newest first, separated by commas, while rotating it)", auth.IdentityKeyVar, auth.MinKeyLen)
+		return nil, fmt.Errorf("%s must hold the environment's identity key, at least %d bytes, shared with the services (several, separated by commas, the one to sign with first, while rotating it)", auth.IdentityKeyVar, auth.MinKeyLen)
 	}
 	// The edge signs with the newest key; the services believe any.
 	a := &Auth{IdentityKey: keys[0]}
@@ -181,9 +181,10 @@ func authFrom(s AuthSettings, secret func(string) (string, bool)) (*Auth, error)
 		return a, nil
 	}
 	tokenKey, _ := secret(auth.TokenKeyVar)
-	if len(tokenKey) < auth.MinKeyLen {
-		return nil, fmt.Errorf("%s must hold the login token key, at least %d bytes, shared with the user service (or set auth/jwks_url)", auth.TokenKeyVar, auth.MinKeyLen)
+	tokenKeys, err := auth.SplitKeys([]byte(tokenKey))
+	if err != nil || len(tokenKeys) == 0 {
+		return nil, fmt.Errorf("%s must hold the login token key, at least %d bytes, shared with the user service (several, separated by commas, while rotating it; or set auth/jwks_url)", auth.TokenKeyVar, auth.MinKeyLen)
 	}
-	a.Tokens = auth.HS256{Key: []byte(tokenKey), Issuer: s.Issuer}
+	a.Tokens = auth.HS256{Keys: tokenKeys, Issuer: s.Issuer}
 	return a, nil
 }

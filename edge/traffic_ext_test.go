@@ -86,7 +86,7 @@ func startTrafficEdge(t *testing.T, configure func(*edge.Config)) (*edge.Edge, *
 	cfg := edge.Config{
 		Server:   server.Config{Addr: "127.0.0.1:0"},
 		Services: []string{userv1connect.UserServiceName, inventoryv1connect.InventoryServiceName},
-		Auth:     &edge.Auth{Tokens: auth.HS256{Key: tokenKey}, IdentityKey: identityKey},
+		Auth:     &edge.Auth{Tokens: auth.HS256{Keys: [][]byte{tokenKey}}, IdentityKey: identityKey},
 	}
 	if configure != nil {
 		configure(&cfg)

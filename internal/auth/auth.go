@@ -94,16 +94,11 @@ func (i Issuer) Issue(subject string) (token string, expires time.Time, err erro
 // expiry and its issuer (DefaultIssuer when issuer is empty), and returns
 // its subject. Errors wrap ErrInvalidToken, or are ErrKeyTooShort.
 func Verify(key []byte, issuer, token string) (subject string, err error) {
-	claims, err := verifyHS256(key, issuer, token)
+	claims, err := parseHS256([][]byte{key}, token, issuerOrDefault(issuer))
 	if err != nil {
 		return "", err
 	}
 	return claims.Subject, nil
-}
-
-// verifyHS256 is [Verify], returning the token's claims.
-func verifyHS256(key []byte, issuer, token string) (*jwt.RegisteredClaims, error) {
-	return parseHS256([][]byte{key}, token, issuerOrDefault(issuer))
 }
 
 // parseHS256 checks token's HS256 signature with any of keys, its expiry,
@@ -156,15 +151,17 @@ type Verifier interface {
 // HS256 verifies the tokens the user service issues, with the key they
 // share; see [Verify].
 type HS256 struct {
-	// Key is the signing key, at least [MinKeyLen] bytes.
-	Key []byte
+	// Keys are the signing keys a token may be signed with, each at least
+	// [MinKeyLen] bytes: one, or while the key is rotated, the new and
+	// the old ([SplitKeys]).
+	Keys [][]byte
 	// Issuer is the expected "iss"; [DefaultIssuer] when empty.
 	Issuer string
 }
 
 // Verify implements [Verifier].
 func (h HS256) Verify(_ context.Context, token string) (string, time.Time, error) {
-	claims, err := verifyHS256(h.Key, h.Issuer, token)
+	claims, err := parseHS256(h.Keys, token, issuerOrDefault(h.Issuer))
 	if err != nil {
 		return "", time.Time{}, err
 	}

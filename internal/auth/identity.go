@@ -22,20 +22,22 @@ const IdentityHeader = "Keel-Identity"
 
 // TokenKeyVar is the environment variable holding the key that signs and
 // verifies the platform's login tokens (HS256), shared by the user
-// service and the edge; at least [MinKeyLen] bytes.
+// service and the edge; at least [MinKeyLen] bytes. It rotates as
+// [IdentityKeyVar] does: several keys separated by commas; the user
+// service signs with the first, the edge believes any.
 const TokenKeyVar = "KEEL_TOKEN_KEY"
 
 // IdentityKeyVar is the environment variable holding the identity key:
 // one secret per environment, shared by the edge and the services, of at
 // least [MinKeyLen] bytes. To rotate it, give several keys separated by
-// commas, the newest first ([SplitKeys]): identity is signed with the
-// first and believed under any, so the new key can reach every process
-// before any signs with it, and the old one be dropped after.
+// commas ([SplitKeys]): identity is signed with the first and believed
+// under any. Every process goes through "old,new" (the new key believed
+// everywhere before anyone signs with it), then "new,old", then "new".
 const IdentityKeyVar = "KEEL_IDENTITY_KEY"
 
-// SplitKeys splits the value of a key variable into its keys, the newest
-// first; each must have at least [MinKeyLen] bytes. An empty value is no
-// key.
+// SplitKeys splits the value of a key variable into its keys, the one to
+// sign with first; each must have at least [MinKeyLen] bytes. An empty
+// value is no key.
 func SplitKeys(value []byte) ([][]byte, error) {
 	if len(value) == 0 {
 		return nil, nil

@@ -210,10 +210,11 @@ func TestRequireOwner(t *testing.T) {
 	}
 }
 
-// TestIdentityKeyRotates: with the new key and the old one in the
-// environment's value (newest first), a service believes identity signed
-// with either and signs its own with the new one; once the old key is
-// dropped, what it signed is refused.
+// TestIdentityKeyRotates: with two keys in the environment's value, a
+// service believes identity signed with either and signs its own with
+// the first, so that the rollout the README gives ("old,new", "new,old",
+// "new") never refuses a call; once the old key is dropped, what it
+// signed is refused.
 func TestIdentityKeyRotates(t *testing.T) {
 	oldKey := []byte("the-old-identity-key-the-old-identity-key")
 	newKey := []byte("the-new-identity-key-the-new-identity-key")
@@ -244,6 +245,26 @@ func TestIdentityKeyRotates(t *testing.T) {
 	}
 	if _, err := ask(t, whoClient(peerAfter, nil), signedOld); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("after the rotation, identity signed with the old key: %v, want unauthenticated", err)
+	}
+	// The rollout's steps: "old,new" signs with the old key, which the
+	// processes not yet updated believe; "new,old" signs with the new,
+	// which the processes still at the first step believe.
+	before, err := auth.NewIdentities(oldKey, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	step1, err := auth.NewIdentities([]byte(string(oldKey)+","+string(newKey)), "step1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*connect.Client[emptypb.Empty, wrapperspb.StringValue]{
+		"a process at step 1 calling one not yet updated": whoClient(whoAmI(t, before, nil), step1),
+		"a process at step 2 calling one at step 1":       whoClient(whoAmI(t, step1, nil), during),
+		"a process at step 2 calling one at step 3":       whoClient(whoAmI(t, after, nil), during),
+	} {
+		if _, err := c.CallUnary(t.Context(), connect.NewRequest(&emptypb.Empty{})); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 	if _, err := auth.NewIdentities([]byte(string(newKey)+",short"), "x"); !errors.Is(err, auth.ErrKeyTooShort) {
 		t.Fatalf("a short key among several: %v, want ErrKeyTooShort", err)

@@ -29,7 +29,8 @@ const Name = "user"
 
 // Secrets the service reads from its environment, never from configuration.
 const (
-	// TokenKeyVar holds the key that signs login tokens, at least 32 bytes.
+	// TokenKeyVar holds the key that signs login tokens, at least 32 bytes
+	// (several while rotating it: see [auth.TokenKeyVar]).
 	TokenKeyVar = auth.TokenKeyVar
 	// DatabaseDSNVar is [database.DSNVar], the PostgreSQL connection
 	// string when database/driver is postgres.
@@ -161,8 +162,11 @@ func (p *process) Close() error {
 func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 	settings := env.Config.Current()
 	key, _ := env.Secret(TokenKeyVar)
-	if len(key) < auth.MinKeyLen {
-		return nil, fmt.Errorf("%s must hold a token signing key of at least %d bytes", TokenKeyVar, auth.MinKeyLen)
+	// While the key is rotated it may hold several: tokens are signed
+	// with the first.
+	keys, err := auth.SplitKeys([]byte(key))
+	if err != nil || len(keys) == 0 {
+		return nil, fmt.Errorf("%s must hold a token signing key of at least %d bytes (several, separated by commas, the one to sign with first, while rotating it)", TokenKeyVar, auth.MinKeyLen)
 	}
 	db, err := settings.Database.Config(Name, env.Secret)
 	if err != nil {
@@ -198,7 +202,7 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 		return nil, fmt.Errorf("user cache: id filter: %w", err)
 	}
 	repo := cached.New(st, users, filter, env.Logger)
-	h, err := handler.New(repo, auth.Issuer{Key: []byte(key), TTL: settings.TokenTTL}, hashing, hashes, env.Logger)
+	h, err := handler.New(repo, auth.Issuer{Key: keys[0], TTL: settings.TokenTTL}, hashing, hashes, env.Logger)
 	if err != nil {
 		users.Close()
 		_ = st.Close()
