@@ -16,7 +16,8 @@ import (
 
 // JWKS verifies login tokens signed by an identity provider with keys it
 // publishes as a JSON Web Key Set: RS256 or ES256 only, with a required
-// expiry, the expected issuer and, when set, audience. Keys are fetched
+// expiry, the expected issuer and, when set, audience; a key published
+// with an "alg" verifies only tokens signed with that algorithm. Keys are fetched
 // on first use, kept for [JWKS.TTL], and fetched again early (at most
 // every [JWKS.MinRefresh]) when a token names a key id not yet known, as
 // a provider rotating its keys does. It is safe for concurrent use.
@@ -36,8 +37,15 @@ type JWKS struct {
 	MinRefresh time.Duration
 
 	mu      sync.Mutex
-	keys    map[string]any // by key id: *rsa.PublicKey, *ecdsa.PublicKey
+	keys    map[string]publishedKey // by key id
 	fetched time.Time
+}
+
+// publishedKey is one key of the set: *rsa.PublicKey or *ecdsa.PublicKey,
+// and the algorithm it is for when the set says.
+type publishedKey struct {
+	key any
+	alg string
 }
 
 // jwksAlgorithms are the signing algorithms a JWKS verifier accepts.
@@ -64,7 +72,13 @@ func (j *JWKS) Verify(ctx context.Context, token string) (string, time.Time, err
 		if err != nil && !errors.Is(err, errUnknownKey) {
 			fetchErr = err
 		}
-		return key, err
+		if err != nil {
+			return nil, err
+		}
+		if key.alg != "" && key.alg != t.Method.Alg() {
+			return nil, fmt.Errorf("key %q is for %s, the token is signed with %s", kid, key.alg, t.Method.Alg())
+		}
+		return key.key, nil
 	}, opts...)
 	if fetchErr != nil {
 		return "", time.Time{}, fetchErr
@@ -83,7 +97,7 @@ var errUnknownKey = errors.New("signed with a key the key set does not hold")
 
 // key returns the public key with id kid, fetching the key set when it is
 // stale or, within MinRefresh, lacks kid.
-func (j *JWKS) key(ctx context.Context, kid string) (any, error) {
+func (j *JWKS) key(ctx context.Context, kid string) (publishedKey, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	ttl, minRefresh := j.TTL, j.MinRefresh
@@ -97,7 +111,7 @@ func (j *JWKS) key(ctx context.Context, kid string) (any, error) {
 	age := time.Since(j.fetched)
 	if (known && age < ttl) || (!known && j.keys != nil && age < minRefresh) {
 		if !known {
-			return nil, fmt.Errorf("%w: %q", errUnknownKey, kid)
+			return publishedKey{}, fmt.Errorf("%w: %q", errUnknownKey, kid)
 		}
 		return key, nil
 	}
@@ -106,17 +120,17 @@ func (j *JWKS) key(ctx context.Context, kid string) (any, error) {
 		if known {
 			return key, nil // keep using what was published while the provider is unreachable
 		}
-		return nil, err
+		return publishedKey{}, err
 	}
 	j.keys, j.fetched = keys, time.Now()
 	if key, ok := keys[kid]; ok {
 		return key, nil
 	}
-	return nil, fmt.Errorf("%w: %q", errUnknownKey, kid)
+	return publishedKey{}, fmt.Errorf("%w: %q", errUnknownKey, kid)
 }
 
 // fetch reads the key set.
-func (j *JWKS) fetch(ctx context.Context) (map[string]any, error) {
+func (j *JWKS) fetch(ctx context.Context) (map[string]publishedKey, error) {
 	client := j.Client
 	if client == nil {
 		client = &http.Client{Timeout: 5 * time.Second}
@@ -137,12 +151,12 @@ func (j *JWKS) fetch(ctx context.Context) (map[string]any, error) {
 	if err := json.NewDecoder(io.LimitReader(res.Body, 1<<20)).Decode(&set); err != nil {
 		return nil, fmt.Errorf("auth: key set %s: %w", j.URL, err)
 	}
-	keys := make(map[string]any, len(set.Keys))
+	keys := make(map[string]publishedKey, len(set.Keys))
 	for _, k := range set.Keys {
 		if !k.IsPublic() || !k.Valid() || (k.Use != "" && k.Use != "sig") {
 			continue
 		}
-		keys[k.KeyID] = k.Key
+		keys[k.KeyID] = publishedKey{key: k.Key, alg: k.Algorithm}
 	}
 	return keys, nil
 }

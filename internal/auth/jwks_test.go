@@ -79,6 +79,11 @@ func TestJWKSVerifiesRS256AndES256(t *testing.T) {
 	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p.publish("rsa-1", &rsaKey.PublicKey)
 	p.publish("ec-1", &ecKey.PublicKey)
+	// A key the provider publishes for another algorithm than the
+	// token's (RFC 7517's "alg") verifies nothing else.
+	p.mu.Lock()
+	p.keys = append(p.keys, jose.JSONWebKey{Key: &rsaKey.PublicKey, KeyID: "rsa-512", Use: "sig", Algorithm: "RS512"})
+	p.mu.Unlock()
 	v := &auth.JWKS{URL: p.url, Issuer: "https://login.example", Audience: "keel"}
 
 	for name, token := range map[string]string{
@@ -114,6 +119,7 @@ func TestJWKSVerifiesRS256AndES256(t *testing.T) {
 		"expired":               signWith(t, jwt.SigningMethodRS256, rsaKey, "rsa-1", expired),
 		"no subject":            signWith(t, jwt.SigningMethodRS256, rsaKey, "rsa-1", noSubject),
 		"HS256":                 confused,
+		"key for another alg":   signWith(t, jwt.SigningMethodRS256, rsaKey, "rsa-512", claimsFor("user-1")),
 		"alg none":              noneToken(t),
 	} {
 		t.Run(name, func(t *testing.T) {
