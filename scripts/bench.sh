@@ -136,7 +136,9 @@ wait_port "${user#*:}"
 
 # One edge per upstream and per edge build, each with its own static
 # discovery (KEEL_PEERS).
-declare -A addr
+declare -A addr proc
+proc[zero/direct]="${pids[-2]}"
+proc[user/direct]="${pids[-1]}"
 addr[zero/direct]="$zero"
 addr[user/direct]="$user"
 for t in "${targets[@]}"; do
@@ -148,6 +150,7 @@ for t in "${targets[@]}"; do
 		upstream="${addr[$up/direct]}"
 		KEEL_CONFIG_DIR="$kv" KEEL_PEERS="user=$upstream" KEEL_SERVER_ADDR="$a" "$bin" 2>"$tmp/$t-$up.err" &
 		pids+=($!)
+		proc[$up/$t]=$!
 		wait_port "${a#*:}"
 		addr[$up/$t]="$a"
 	done
@@ -158,6 +161,7 @@ for mode in bytes nethttp; do
 	a="127.0.0.1:$(port)"
 	"$tmp/refproxy" -mode "$mode" -addr "$a" -upstream "$zero" >/dev/null &
 	pids+=($!)
+	proc[zero/go-$mode]=$!
 	wait_port "${a#*:}"
 	addr[zero/go-$mode]="$a"
 done
@@ -361,18 +365,40 @@ if [ "${BENCH_REFERENCE:-1}" = 1 ]; then
 fi
 [ "${BENCH_OPEN_LOOP:-1}" = 0 ] && exit 0
 echo
-echo "p99 under wrk's full load (HTTP/1.1, zero upstream), connect: direct ${p99[zero/connect-h1/direct]}| edge ${p99[zero/connect-h1/edge]}| nginx ${p99[zero/connect-h1/nginx]}"
-echo "                                                  rest:    direct ${p99[zero/rest/direct]}| edge ${p99[zero/rest/edge]}| nginx ${p99[zero/rest/nginx]}"
+for call in connect-h1 rest; do
+	[ -n "${p99[zero/$call/edge]:-}" ] || continue
+	printf "p99 under wrk's full load (HTTP/1.1, zero upstream), %-10s direct %s| edge %s| nginx %s\n" "$call:" "${p99[zero/$call/direct]}" "${p99[zero/$call/edge]}" "${p99[zero/$call/nginx]}"
+done
 
-# Latency the edge adds at half its maximum rate, open loop.
+# cputicks NAME prints the CPU time (user + system, in clock ticks) the
+# process serving target NAME (zero upstream) has used so far: the
+# upstream itself for direct, nginx's worker, the edge or a reference
+# proxy.
+cputicks() {
+	local pid="${proc[zero/$1]:-}"
+	[ "$1" = nginx ] && pid="$(pgrep -P "$(cat "$tmp/nginx.pid")" | head -1)"
+	awk '{print $14 + $15}' "/proc/$pid/stat"
+}
+hz="$(getconf CLK_TCK)"
+
+# Latency the edge adds at half its maximum rate, open loop, and what one
+# call costs each process in CPU at that rate (a measure that holds still
+# on a shared machine, where throughput swings): for direct, the zero
+# upstream's own cost; for the others, the proxy's alone.
 for call in "${calls[@]}"; do
 	max="$(echo "${rps[zero/$call/edge]}" | median)"
 	half="$(awk -v m="$max" 'BEGIN {printf "%d", m / 2}')"
 	loadgen_flags "$call"
 	echo
-	echo "open loop at half the edge's maximum ($half req/s), $call, zero upstream, ${seconds}s:"
-	for name in direct edge nginx; do
-		printf '  %-6s ' "$name"
-		"$tmp/loadgen" -url "$(url zero "$name" "$call")" -rate "$half" -duration "${seconds}s" "${flags[@]}"
+	echo "open loop at half the edge's maximum ($half req/s), $call, zero upstream, ${seconds}s; CPU per call of the process answering:"
+	names=(direct edge nginx)
+	[ "$call" = connect-h1 ] && [ "${BENCH_REFERENCE:-1}" = 1 ] && names+=(go-bytes go-nethttp)
+	for name in "${names[@]}"; do
+		printf '  %-10s ' "$name"
+		before="$(cputicks "$name")"
+		out="$("$tmp/loadgen" -url "$(url zero "$name" "$call")" -rate "$half" -duration "${seconds}s" "${flags[@]}")"
+		after="$(cputicks "$name")"
+		sent="$(printf '%s' "$out" | sed -n 's/.* sent=\([0-9]*\) .*/\1/p')"
+		printf '%s cpu/call=%sµs\n' "$out" "$(awk -v t="$((after - before))" -v hz="$hz" -v n="$sent" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
 	done
 done
