@@ -489,7 +489,7 @@ func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
 		service = x.route.logical
 	}
 	sm.observe(x.start, code)
-	if x.span != nil {
+	if x.span != nil && x.span.IsRecording() {
 		x.span.SetAttributes(attribute.String("rpc.connect_rpc.error_code", server.CodeLabel(code)),
 			attribute.String("keel.upstream.instance", x.report.Instance),
 			attribute.Int("keel.upstream.attempts", x.report.Attempts))
@@ -519,27 +519,36 @@ func (p *proxy) finish(r *http.Request, x *exchange, code connect.Code) {
 	p.logger.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
 }
 
+// serverSpan are the options of every span the edge starts.
+var serverSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer), trace.WithNewRoot()}
+
 // startSpan starts the edge's span of a call. The edge is the front door:
 // it starts a new trace for every call and links the caller's trace
 // context, if any, rather than letting callers choose traces and their
 // sampling.
 func (p *proxy) startSpan(ctx context.Context, r *http.Request, x *exchange) (context.Context, trace.Span) {
-	opts := []trace.SpanStartOption{
-		trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithNewRoot(),
-		trace.WithAttributes(
-			attribute.String("rpc.system", rpcSystem(r)),
-			attribute.String("rpc.method", strings.TrimPrefix(r.URL.Path, "/")),
-			attribute.String("keel.protocol", x.protocol(r)),
-		),
+	opts := serverSpan
+	if _, ok := r.Header["Traceparent"]; ok {
+		if remote := trace.SpanContextFromContext(p.propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))); remote.IsValid() {
+			opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: remote}))
+		}
 	}
-	if remote := trace.SpanContextFromContext(p.propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))); remote.IsValid() {
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: remote}))
-	}
-	for _, h := range []string{"Traceparent", "Tracestate", "Baggage"} {
+	for _, h := range [...]string{"Traceparent", "Tracestate", "Baggage"} {
 		delete(r.Header, h)
 	}
-	return p.tracer.Start(ctx, "edge "+strings.TrimPrefix(r.URL.Path, "/"), opts...)
+	method := strings.TrimPrefix(r.URL.Path, "/")
+	ctx, span := p.tracer.Start(ctx, "edge "+method, opts...)
+	if span.IsRecording() {
+		// Most calls are not sampled: only those that are pay for their
+		// attributes (the sampler, parent-based or by trace id, reads
+		// none).
+		span.SetAttributes(
+			attribute.String("rpc.system", rpcSystem(r)),
+			attribute.String("rpc.method", method),
+			attribute.String("keel.protocol", x.protocol(r)),
+		)
+	}
+	return ctx, span
 }
 
 // protocolOf names the call's protocol from its content type.

@@ -391,7 +391,7 @@ for call in "${calls[@]}"; do
 	loadgen_flags "$call"
 	echo
 	echo "open loop at half the edge's maximum ($half req/s), $call, zero upstream, ${seconds}s; CPU per call of the process answering:"
-	names=(direct edge nginx)
+	names=(direct "${targets[@]}" nginx)
 	[ "$call" = connect-h1 ] && [ "${BENCH_REFERENCE:-1}" = 1 ] && names+=(go-bytes go-nethttp)
 	for name in "${names[@]}"; do
 		printf '  %-10s ' "$name"

@@ -38,6 +38,9 @@ type Span struct {
 	Start time.Time
 	// Duration is how long the span lasted, to the microsecond.
 	Duration time.Duration
+	// Links are the spans the span links to (Jaeger's FOLLOWS_FROM
+	// references), as "traceID-spanID".
+	Links []string
 	// Tags are the span's attributes and the ones Jaeger derives from its
 	// status and kind (otel.status_code, error, span.kind, ...), keyed by
 	// name, with values as the JSON decoder gives them (string, float64,
@@ -69,6 +72,7 @@ func (c *Client) Trace(ctx context.Context, traceID string) ([]Span, error) {
 				OperationName string `json:"operationName"`
 				References    []struct {
 					RefType string `json:"refType"`
+					TraceID string `json:"traceID"`
 					SpanID  string `json:"spanID"`
 				} `json:"references"`
 				StartTime int64      `json:"startTime"` // microseconds since the epoch
@@ -101,9 +105,11 @@ func (c *Client) Trace(ctx context.Context, traceID string) ([]Span, error) {
 				Tags:      make(map[string]any, len(s.Tags)),
 			}
 			for _, ref := range s.References {
-				if ref.RefType == "CHILD_OF" {
+				switch {
+				case ref.RefType == "CHILD_OF" && span.ParentSpanID == "":
 					span.ParentSpanID = pad(ref.SpanID, 16)
-					break
+				case ref.RefType == "FOLLOWS_FROM":
+					span.Links = append(span.Links, pad(ref.TraceID, 32)+"-"+pad(ref.SpanID, 16))
 				}
 			}
 			for _, kv := range s.Tags {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +99,12 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 	front := start(boot.Start(ctx, edge.Service([]string{userv1connect.UserServiceName, storefrontv1connect.StorefrontServiceName}), opts))
 
 	c := storefrontv1connect.NewStorefrontServiceClient(http.DefaultClient, "http://"+front.Instance.Addr)
-	res, err := c.GetProductPage(ctx, connect.NewRequest(&storefrontv1.GetProductPageRequest{Sku: "SKU-1"}))
+	// The caller has a trace of its own: the edge starts a new one, and
+	// links the caller's.
+	const callerTrace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req := connect.NewRequest(&storefrontv1.GetProductPageRequest{Sku: "SKU-1"})
+	req.Header().Set("Traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
+	res, err := c.GetProductPage(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +112,9 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 	parts := strings.Split(tr, "-")
 	if len(parts) != 4 {
 		t.Fatalf("the edge named no trace: Traceresponse %q", tr)
+	}
+	if parts[1] == callerTrace {
+		t.Fatalf("the edge continued the caller's trace %s instead of starting one", callerTrace)
 	}
 	waitCtx, stop := context.WithTimeout(ctx, 20*time.Second)
 	defer stop()
@@ -123,6 +132,27 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 	for _, want := range []string{"edge", "storefront", "user"} {
 		if !services[want] {
 			t.Errorf("no span from %s in the trace; spans: %+v", want, spans)
+		}
+	}
+	// The edge's span says what was called, how, and how it ended, and
+	// links the caller's trace.
+	for _, s := range spans {
+		if s.Service != "edge" {
+			continue
+		}
+		if !slices.Contains(s.Links, callerTrace+"-"+callerSpan) {
+			t.Errorf("the edge span links %v, want the caller's span %s-%s", s.Links, callerTrace, callerSpan)
+		}
+		for key, want := range map[string]any{
+			"rpc.system":                 "connect_rpc",
+			"rpc.method":                 storefrontv1connect.StorefrontServiceGetProductPageProcedure[1:],
+			"keel.protocol":              "connect",
+			"rpc.connect_rpc.error_code": "ok",
+			"keel.upstream.attempts":     float64(1),
+		} {
+			if got := s.Tags[key]; got != want {
+				t.Errorf("edge span attribute %s: %v, want %v", key, got, want)
+			}
 		}
 	}
 	// The user service's span descends from the storefront's, which
