@@ -32,6 +32,7 @@ const echoService = "keel.test.v1.EchoService"
 // deadline.
 type echo struct {
 	sawDeadline atomic.Int64 // remaining time the upstream saw, in ms
+	waits       atomic.Int32 // calls of Wait
 }
 
 func (e *echo) mux() *http.ServeMux {
@@ -74,6 +75,7 @@ func (e *echo) mux() *http.ServeMux {
 		}))
 	mux.Handle("/"+echoService+"/Wait", connect.NewUnaryHandler("/"+echoService+"/Wait",
 		func(ctx context.Context, req *connect.Request[wrapperspb.StringValue]) (*connect.Response[wrapperspb.StringValue], error) {
+			e.waits.Add(1)
 			if deadline, ok := ctx.Deadline(); ok {
 				e.sawDeadline.Store(time.Until(deadline).Milliseconds())
 			}
@@ -271,6 +273,91 @@ func TestDeadlineIsHonouredAndPropagated(t *testing.T) {
 				t.Fatalf("upstream saw a deadline of %dms, want (0, 300]", saw)
 			}
 		})
+	}
+}
+
+// TestMalformedTimeoutIsRefused: a timeout header the caller got wrong is
+// invalid_argument naming the header, in the caller's protocol, as
+// connect-go's own handler answers it (the upstream, called directly, is
+// the reference); a zero timeout is a call with no time left.
+func TestMalformedTimeoutIsRefused(t *testing.T) {
+	t.Parallel()
+	f := startEdge(t)
+	instances, err := f.registry.Instances("echo")
+	if err != nil || len(instances) != 1 {
+		t.Fatalf("echo instances: %v, %v", instances, err)
+	}
+	direct := "http://" + instances[0].Addr
+	for _, tc := range []struct {
+		protocol string
+		opts     []connect.ClientOption
+		header   string
+		values   []string
+	}{
+		{"connect", []connect.ClientOption{connect.WithProtoJSON()}, "Connect-Timeout-Ms", []string{"abc", "-5", "12345678901"}},
+		{"grpc", []connect.ClientOption{connect.WithGRPC()}, "Grpc-Timeout", []string{"5x", "15", "100000000m", "-1S"}},
+		{"grpc-web", []connect.ClientOption{connect.WithGRPCWeb()}, "Grpc-Timeout", []string{"1.5S"}},
+	} {
+		for _, v := range tc.values {
+			t.Run(tc.protocol+"/"+v, func(t *testing.T) {
+				call := func(base string) error {
+					c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), base+"/"+echoService+"/Headers", tc.opts...)
+					req := connect.NewRequest(wrapperspb.String("x"))
+					req.Header().Set(tc.header, v)
+					_, err := c.CallUnary(context.Background(), req)
+					return err
+				}
+				want := connect.CodeOf(call(direct))
+				if want != connect.CodeInvalidArgument {
+					t.Fatalf("the upstream itself answered %v; the reference changed", want)
+				}
+				err := call(f.url)
+				if connect.CodeOf(err) != want || !strings.Contains(err.Error(), tc.header) {
+					t.Fatalf("through the edge: %v; want %v naming %s", err, want, tc.header)
+				}
+			})
+		}
+	}
+	c := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](testkit.H2CClient(), f.url+"/"+echoService+"/Wait")
+	req := connect.NewRequest(wrapperspb.String("x"))
+	req.Header().Set("Connect-Timeout-Ms", "0")
+	if _, err := c.CallUnary(context.Background(), req); connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+		t.Fatalf("no time left: %v, want deadline_exceeded", err)
+	}
+	if n := f.upstream.waits.Load(); n != 0 {
+		t.Fatalf("a call with no time left reached the upstream (%d calls)", n)
+	}
+}
+
+// TestCallInNoProtocolIsTold: a POST to a procedure in a content type no
+// protocol uses (curl's default form encoding, plain text, none) gets
+// HTTP 415 as from connect-go, with the types it takes in Accept-Post and
+// a body saying what to send, and never reaches the upstream.
+func TestCallInNoProtocolIsTold(t *testing.T) {
+	t.Parallel()
+	f := startEdge(t)
+	for _, ct := range []string{"application/x-www-form-urlencoded", "text/plain", ""} {
+		req, err := http.NewRequest(http.MethodPost, f.url+"/"+echoService+"/Wait", strings.NewReader(`{"value":"x"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(res.Header.Get("Accept-Post"), "application/json") ||
+			!strings.Contains(string(body), "application/json") || (ct != "" && !strings.Contains(string(body), ct)) {
+			t.Errorf("Content-Type %q: %d, Accept-Post %q, body %q; want 415 naming the type and what to send",
+				ct, res.StatusCode, res.Header.Get("Accept-Post"), body)
+		}
+	}
+	if n := f.upstream.waits.Load(); n != 0 {
+		t.Fatalf("%d calls in no protocol reached the upstream", n)
 	}
 }
 

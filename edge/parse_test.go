@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -14,18 +15,20 @@ func TestRequestTimeout(t *testing.T) {
 		header http.Header
 		want   time.Duration
 		ok     bool
+		bad    bool // malformed: invalid_argument
 	}{
 		{name: "none", header: http.Header{}},
 
 		{name: "connect ms", header: http.Header{"Connect-Timeout-Ms": {"1500"}}, want: 1500 * time.Millisecond, ok: true},
 		{name: "connect one ms", header: http.Header{"Connect-Timeout-Ms": {"1"}}, want: time.Millisecond, ok: true},
 		{name: "connect ten digits", header: http.Header{"Connect-Timeout-Ms": {"9999999999"}}, want: 9999999999 * time.Millisecond, ok: true},
-		{name: "connect eleven digits", header: http.Header{"Connect-Timeout-Ms": {"10000000000"}}},
-		{name: "connect zero", header: http.Header{"Connect-Timeout-Ms": {"0"}}},
-		{name: "connect negative", header: http.Header{"Connect-Timeout-Ms": {"-5"}}},
-		{name: "connect garbage", header: http.Header{"Connect-Timeout-Ms": {"5s"}}},
+		{name: "connect zero", header: http.Header{"Connect-Timeout-Ms": {"0"}}, want: 0, ok: true},
 		{name: "connect empty", header: http.Header{"Connect-Timeout-Ms": {""}}},
-		{name: "connect overflows int64", header: http.Header{"Connect-Timeout-Ms": {"99999999999999999999"}}},
+		{name: "connect eleven digits", header: http.Header{"Connect-Timeout-Ms": {"10000000000"}}, bad: true},
+		{name: "connect negative", header: http.Header{"Connect-Timeout-Ms": {"-5"}}, bad: true},
+		{name: "connect garbage", header: http.Header{"Connect-Timeout-Ms": {"5s"}}, bad: true},
+		{name: "connect letters", header: http.Header{"Connect-Timeout-Ms": {"abc"}}, bad: true},
+		{name: "connect overflows int64", header: http.Header{"Connect-Timeout-Ms": {"99999999999999999999"}}, bad: true},
 
 		{name: "grpc hours", header: http.Header{"Grpc-Timeout": {"2H"}}, want: 2 * time.Hour, ok: true},
 		{name: "grpc minutes", header: http.Header{"Grpc-Timeout": {"3M"}}, want: 3 * time.Minute, ok: true},
@@ -34,17 +37,18 @@ func TestRequestTimeout(t *testing.T) {
 		{name: "grpc microseconds", header: http.Header{"Grpc-Timeout": {"750u"}}, want: 750 * time.Microsecond, ok: true},
 		{name: "grpc nanoseconds", header: http.Header{"Grpc-Timeout": {"900n"}}, want: 900 * time.Nanosecond, ok: true},
 		{name: "grpc eight digits", header: http.Header{"Grpc-Timeout": {"99999999m"}}, want: 99999999 * time.Millisecond, ok: true},
-		{name: "grpc nine digits", header: http.Header{"Grpc-Timeout": {"100000000m"}}},
-		{name: "grpc lowercase seconds", header: http.Header{"Grpc-Timeout": {"5s"}}},
-		{name: "grpc lowercase hours", header: http.Header{"Grpc-Timeout": {"5h"}}},
-		{name: "grpc unknown unit", header: http.Header{"Grpc-Timeout": {"5x"}}},
-		{name: "grpc no unit", header: http.Header{"Grpc-Timeout": {"15"}}, want: 0, ok: false},
-		{name: "grpc unit only", header: http.Header{"Grpc-Timeout": {"S"}}},
+		{name: "grpc zero", header: http.Header{"Grpc-Timeout": {"0S"}}, want: 0, ok: true},
 		{name: "grpc empty", header: http.Header{"Grpc-Timeout": {""}}},
-		{name: "grpc zero", header: http.Header{"Grpc-Timeout": {"0S"}}},
-		{name: "grpc negative", header: http.Header{"Grpc-Timeout": {"-1S"}}},
-		{name: "grpc garbage digits", header: http.Header{"Grpc-Timeout": {"1.5S"}}},
-		// time.Duration holds about 2.9 million hours; the limit is 1<<62ns.
+		{name: "grpc nine digits", header: http.Header{"Grpc-Timeout": {"100000000m"}}, bad: true},
+		{name: "grpc lowercase seconds", header: http.Header{"Grpc-Timeout": {"5s"}}, bad: true},
+		{name: "grpc lowercase hours", header: http.Header{"Grpc-Timeout": {"5h"}}, bad: true},
+		{name: "grpc unknown unit", header: http.Header{"Grpc-Timeout": {"5x"}}, bad: true},
+		{name: "grpc no unit", header: http.Header{"Grpc-Timeout": {"15"}}, bad: true},
+		{name: "grpc unit only", header: http.Header{"Grpc-Timeout": {"S"}}, bad: true},
+		{name: "grpc negative", header: http.Header{"Grpc-Timeout": {"-1S"}}, bad: true},
+		{name: "grpc garbage digits", header: http.Header{"Grpc-Timeout": {"1.5S"}}, bad: true},
+		// time.Duration holds about 2.9 million hours; the limit is
+		// 1<<62ns, and longer is as good as none (gRPC's own reading).
 		{name: "grpc largest hours", header: http.Header{"Grpc-Timeout": {"1281023H"}}, want: 1281023 * time.Hour, ok: true},
 		{name: "grpc hours overflow", header: http.Header{"Grpc-Timeout": {"1281024H"}}},
 		{name: "grpc eight digit hours overflow", header: http.Header{"Grpc-Timeout": {"99999999H"}}},
@@ -54,9 +58,20 @@ func TestRequestTimeout(t *testing.T) {
 		{name: "connect header wins", header: http.Header{"Connect-Timeout-Ms": {"10"}, "Grpc-Timeout": {"1H"}}, want: 10 * time.Millisecond, ok: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := requestTimeout(tc.header)
-			if got != tc.want || ok != tc.ok {
-				t.Fatalf("requestTimeout(%v) = %v, %v; want %v, %v", tc.header, got, ok, tc.want, tc.ok)
+			got, ok, err := requestTimeout(tc.header)
+			if tc.bad {
+				if err == nil {
+					t.Fatalf("requestTimeout(%v) = %v, %v; want an error", tc.header, got, ok)
+				}
+				for name := range tc.header {
+					if !strings.Contains(err.Error(), name) {
+						t.Errorf("error %q does not name the header %s", err, name)
+					}
+				}
+				return
+			}
+			if err != nil || got != tc.want || ok != tc.ok {
+				t.Fatalf("requestTimeout(%v) = %v, %v, %v; want %v, %v", tc.header, got, ok, err, tc.want, tc.ok)
 			}
 		})
 	}
@@ -339,5 +354,33 @@ func TestNewTrustedProxies(t *testing.T) {
 				t.Fatalf("newTrustedProxies(%q) = %v, want prefixes %v", tc.list, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestCallContentType(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/json":                  true,
+		"application/json; charset=utf-8":   true,
+		"Application/JSON":                  true,
+		"application/proto":                 true,
+		"application/grpc":                  true,
+		"application/grpc+proto":            true,
+		"application/grpc+json":             true,
+		"application/grpc-web":              true,
+		"application/grpc-web+proto":        true,
+		"application/connect+json":          true,
+		"application/connect+proto":         true,
+		"":                                  false,
+		"text/plain":                        false,
+		"application/x-www-form-urlencoded": false,
+		"application/grpc-web-text":         false,
+		"application/grpc+":                 false,
+		"application/connect+":              false,
+		"application/xml":                   false,
+		"multipart/form-data; boundary=x":   false,
+	} {
+		if got := callContentType(ct); got != want {
+			t.Errorf("callContentType(%q) = %v, want %v", ct, got, want)
+		}
 	}
 }

@@ -93,9 +93,18 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 		return
 	}
 	x.route = rt
+	if r.Method == http.MethodPost && !callContentType(r.Header.Get("Content-Type")) {
+		unsupportedMediaType(w, r.Header.Get("Content-Type"))
+		p.finish(r, &x, connect.CodeInvalidArgument)
+		return
+	}
 
 	ctx := r.Context()
-	timeout, ok := requestTimeout(r.Header)
+	timeout, ok, err := requestTimeout(r.Header)
+	if err != nil {
+		p.fail(w, r, &x, connect.NewError(connect.CodeInvalidArgument, err))
+		return
+	}
 	if !ok {
 		timeout = p.calls.Load().TimeoutFor(rt.logical)
 	}
@@ -571,6 +580,53 @@ func rpcSystem(r *http.Request) string {
 	return "grpc"
 }
 
+// acceptPost lists the content types of calls, as connect-go's handlers
+// list theirs in Accept-Post.
+const acceptPost = "application/grpc, application/grpc+json, application/grpc+proto, " +
+	"application/grpc-web, application/grpc-web+json, application/grpc-web+proto, " +
+	"application/connect+json, application/connect+proto, application/json, application/proto"
+
+// callContentType reports whether ct (a Content-Type header, parameters
+// and all) is that of a Connect, gRPC or gRPC-Web call in some codec.
+func callContentType(ct string) bool {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.ToLower(strings.TrimSpace(ct))
+	rest, ok := strings.CutPrefix(ct, "application/")
+	if !ok {
+		return false
+	}
+	switch rest {
+	case "json", "proto", "grpc", "grpc-web":
+		return true
+	}
+	for _, prefix := range [...]string{"grpc+", "grpc-web+", "connect+"} {
+		if codec, ok := strings.CutPrefix(rest, prefix); ok && codec != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// unsupportedMediaType answers a POST to a procedure in no protocol the
+// edge knows, as connect-go does (HTTP 415, the accepted types in
+// Accept-Post), with a body saying what to send instead: no protocol's
+// error format applies to a caller that speaks none.
+func unsupportedMediaType(w http.ResponseWriter, ct string) {
+	if ct == "" {
+		ct = "none"
+	} else {
+		ct = strconv.Quote(ct)
+	}
+	h := w.Header()
+	h.Set("Accept-Post", acceptPost)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusUnsupportedMediaType)
+	_, _ = fmt.Fprintf(w, "Content-Type %s is not a call: send application/json or application/proto (Connect), "+
+		"application/grpc (gRPC) or application/grpc-web (gRPC-Web)\n", ct)
+}
+
 // connectUnary reports whether r is a unary Connect call: a GET, or a
 // POST of application/proto or application/json.
 func connectUnary(r *http.Request) bool {
@@ -581,44 +637,53 @@ func connectUnary(r *http.Request) bool {
 	return len(ct) == 1 && (strings.HasPrefix(ct[0], "application/proto") || strings.HasPrefix(ct[0], "application/json"))
 }
 
-// requestTimeout reads the caller's deadline from gRPC's grpc-timeout or
-// Connect's connect-timeout-ms header.
-func requestTimeout(h http.Header) (time.Duration, bool) {
-	if v := h["Connect-Timeout-Ms"]; len(v) > 0 {
+// requestTimeout reads the caller's deadline from Connect's
+// connect-timeout-ms or gRPC's grpc-timeout header, as connect-go's
+// handlers read it: ok is false when there is none (or a gRPC timeout too
+// long to hold, which gRPC takes as none), and a malformed one is an
+// error naming the header, which the caller gets as invalid_argument. A
+// zero timeout is valid: the call has no time left.
+func requestTimeout(h http.Header) (d time.Duration, ok bool, err error) {
+	if v := h["Connect-Timeout-Ms"]; len(v) > 0 && v[0] != "" {
+		if len(v[0]) > 10 {
+			return 0, false, fmt.Errorf("Connect-Timeout-Ms %q: more than 10 digits", v[0])
+		}
 		ms, err := strconv.ParseInt(v[0], 10, 64)
-		if err == nil && ms > 0 && ms <= 9999999999 {
-			return time.Duration(ms) * time.Millisecond, true
+		if err != nil || ms < 0 {
+			return 0, false, fmt.Errorf("Connect-Timeout-Ms %q: want a whole number of milliseconds", v[0])
 		}
-		return 0, false
+		return time.Duration(ms) * time.Millisecond, true, nil
 	}
-	if v := h["Grpc-Timeout"]; len(v) > 0 && len(v[0]) >= 2 && len(v[0]) <= 9 {
-		value, err := strconv.ParseInt(v[0][:len(v[0])-1], 10, 64)
-		if err != nil || value <= 0 {
-			return 0, false
-		}
-		var unit time.Duration
-		switch v[0][len(v[0])-1] {
-		case 'H':
-			unit = time.Hour
-		case 'M':
-			unit = time.Minute
-		case 'S':
-			unit = time.Second
-		case 'm':
-			unit = time.Millisecond
-		case 'u':
-			unit = time.Microsecond
-		case 'n':
-			unit = time.Nanosecond
-		default:
-			return 0, false
-		}
-		if value > int64(time.Duration(1<<62)/unit) {
-			return 0, false
-		}
-		return time.Duration(value) * unit, true
+	v := h["Grpc-Timeout"]
+	if len(v) == 0 || v[0] == "" {
+		return 0, false, nil
 	}
-	return 0, false
+	t := v[0]
+	var unit time.Duration
+	switch t[len(t)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false, fmt.Errorf("Grpc-Timeout %q: want at most 8 digits and a unit, one of H M S m u n", t)
+	}
+	value, err := strconv.ParseInt(t[:len(t)-1], 10, 64)
+	if err != nil || value < 0 || len(t) > 9 {
+		return 0, false, fmt.Errorf("Grpc-Timeout %q: want at most 8 digits and a unit, one of H M S m u n", t)
+	}
+	if value > int64(time.Duration(1<<62)/unit) {
+		return 0, false, nil // longer than anyone waits: as good as none
+	}
+	return time.Duration(value) * unit, true, nil
 }
 
 // requestBody forwards the caller's request body and can be closed by the

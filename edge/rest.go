@@ -162,8 +162,9 @@ func (g *restGateway) forward(w http.ResponseWriter, r *http.Request) {
 	// all before anything goes upstream, and send nothing if it answered.
 	rt, _, _ := g.proxy.routes.lookup(r.URL.Path)
 	if rt != nil {
-		timeout, ok := requestTimeout(r.Header)
-		if !ok {
+		// A malformed timeout is refused by the proxy below.
+		timeout, ok, err := requestTimeout(r.Header)
+		if err != nil || !ok {
 			timeout = g.proxy.calls.Load().TimeoutFor(rt.logical)
 		}
 		// A client that sends slowly cannot hold the edge past the call's
