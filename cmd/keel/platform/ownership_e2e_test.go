@@ -111,6 +111,16 @@ func TestOwnershipThroughTheEdge(t *testing.T) {
 			if err != nil || own.Msg.GetOrder().GetUserId() != eveID {
 				t.Errorf("PlaceOrder with no user id: %v, %v; want an order of %s", own, err, eveID)
 			}
+			// Without a user id, the list is the logged-in customer's.
+			mine, err := orderv1connect.NewOrderServiceClient(c.client, s.url, as(eve)...).ListOrders(ctx, connect.NewRequest(&orderv1.ListOrdersRequest{}))
+			if err != nil || len(mine.Msg.GetOrders()) == 0 {
+				t.Fatalf("ListOrders with no user id: %v, %v; want Eve's orders", mine, err)
+			}
+			for _, o := range mine.Msg.GetOrders() {
+				if o.GetUserId() != eveID {
+					t.Errorf("ListOrders with no user id listed an order of %s, want only %s's", o.GetUserId(), eveID)
+				}
+			}
 		})
 	}
 }

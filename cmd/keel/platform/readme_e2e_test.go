@@ -485,5 +485,17 @@ func walkthroughChecks() []walkthroughCheck {
 				t.Fatalf("the older order is %+v, want %s CONFIRMED", confirmed, placed.OrderID)
 			}
 		}},
+		{"list-orders-rest", func(t *testing.T, w *walk) {
+			overConnect := jsonLines[orderJSON](t, "list-orders", w.out["list-orders"])
+			overREST := jsonLines[orderJSON](t, "list-orders-rest", w.out["list-orders-rest"])
+			if len(overREST) != len(overConnect) {
+				t.Fatalf("GET /v1/orders printed %d orders, ListOrders %d:\n%s", len(overREST), len(overConnect), w.out["list-orders-rest"])
+			}
+			for i, o := range overREST {
+				if o.OrderID != overConnect[i].OrderID || o.Status != overConnect[i].Status {
+					t.Fatalf("GET /v1/orders order %d is %+v, ListOrders said %+v", i, o, overConnect[i])
+				}
+			}
+		}},
 	}
 }

@@ -400,9 +400,22 @@ func TestRESTRefusesWhatIsNoCall(t *testing.T) {
 	if after := placeOrders(); after != before {
 		t.Fatalf("refused requests reached the order service: PlaceOrder calls %v -> %v", before, after)
 	}
-	// The valid body is an order.
-	if status, data := s.rest(t, "POST", "/v1/orders", valid); status != http.StatusOK || !strings.Contains(string(data), "ORDER_STATUS_CONFIRMED") {
+	// The valid body is an order, which GET /v1/orders then lists among
+	// the logged-in customer's.
+	status, data := s.rest(t, "POST", "/v1/orders", valid)
+	if status != http.StatusOK || !strings.Contains(string(data), "ORDER_STATUS_CONFIRMED") {
 		t.Fatalf("place order: %d %s", status, data)
+	}
+	var placed struct {
+		Order struct {
+			OrderID string `json:"orderId"`
+		} `json:"order"`
+	}
+	if err := json.Unmarshal(data, &placed); err != nil || placed.Order.OrderID == "" {
+		t.Fatalf("place order answered %s: %v", data, err)
+	}
+	if status, data := s.rest(t, "GET", "/v1/orders", ""); status != http.StatusOK || !strings.Contains(string(data), placed.Order.OrderID) {
+		t.Fatalf("GET /v1/orders: %d %s; want the order %s listed", status, data, placed.Order.OrderID)
 	}
 }
 

@@ -102,6 +102,28 @@ func New(store Store, sagas Sagas, users userv1connect.UserServiceClient, items 
 	return &Handler{store: store, sagas: sagas, users: users, items: items, logger: logger}
 }
 
+// ownUser returns the user a call acts for: raw, a request's user_id, or
+// the logged-in user when raw is empty. A user acts only for themselves
+// (permission_denied, naming what + the id, otherwise); a call without a
+// login must name the user.
+func ownUser(ctx context.Context, raw, what string) (string, error) {
+	if caller, ok := auth.UserFrom(ctx); ok && raw == "" {
+		raw = caller
+	}
+	if raw == "" {
+		return "", invalid("user_id is required for a call without a login")
+	}
+	user, err := uuid.Parse(raw)
+	if err != nil {
+		return "", invalid("user_id must be a UUID")
+	}
+	userID := user.String()
+	if err := auth.RequireOwner(ctx, userID, what+userID); err != nil {
+		return "", err
+	}
+	return userID, nil
+}
+
 // PlaceOrder implements [orderv1connect.OrderServiceHandler.PlaceOrder].
 func (h *Handler) PlaceOrder(ctx context.Context, req *connect.Request[orderv1.PlaceOrderRequest]) (*connect.Response[orderv1.PlaceOrderResponse], error) {
 	m := req.Msg
@@ -109,19 +131,8 @@ func (h *Handler) PlaceOrder(ctx context.Context, req *connect.Request[orderv1.P
 	if n := utf8.RuneCountInString(key); n < minKeyLen || n > maxKeyLen {
 		return nil, invalid(fmt.Sprintf("idempotency_key must be %d to %d characters", minKeyLen, maxKeyLen))
 	}
-	raw := m.GetUserId()
-	if caller, ok := auth.UserFrom(ctx); ok && raw == "" {
-		raw = caller // the logged-in user orders for themselves
-	}
-	if raw == "" {
-		return nil, invalid("user_id is required for a call without a login")
-	}
-	user, err := uuid.Parse(raw)
+	userID, err := ownUser(ctx, m.GetUserId(), "user_id ")
 	if err != nil {
-		return nil, invalid("user_id must be a UUID")
-	}
-	userID := user.String()
-	if err := auth.RequireOwner(ctx, userID, "user_id "+userID); err != nil {
 		return nil, err // users order as themselves only
 	}
 	requested, err := checkLines(m.GetLines())
@@ -287,11 +298,8 @@ func (h *Handler) GetOrder(ctx context.Context, req *connect.Request[orderv1.Get
 
 // ListOrders implements [orderv1connect.OrderServiceHandler.ListOrders].
 func (h *Handler) ListOrders(ctx context.Context, req *connect.Request[orderv1.ListOrdersRequest]) (*connect.Response[orderv1.ListOrdersResponse], error) {
-	user, err := uuid.Parse(req.Msg.GetUserId())
+	userID, err := ownUser(ctx, req.Msg.GetUserId(), "the orders of user ")
 	if err != nil {
-		return nil, invalid("user_id must be a UUID")
-	}
-	if err := auth.RequireOwner(ctx, user.String(), "the orders of user "+user.String()); err != nil {
 		return nil, err
 	}
 	size := int(req.Msg.GetPageSize())
@@ -309,7 +317,7 @@ func (h *Handler) ListOrders(ctx context.Context, req *connect.Request[orderv1.L
 		}
 		after = &c
 	}
-	orders, next, err := h.store.ListOrders(ctx, user.String(), size, after)
+	orders, next, err := h.store.ListOrders(ctx, userID, size, after)
 	if err != nil {
 		return nil, h.internal(ctx, req.Spec(), err)
 	}

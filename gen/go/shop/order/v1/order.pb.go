@@ -555,7 +555,9 @@ func (x *GetOrderResponse) GetOrder() *Order {
 // ListOrdersRequest asks for one page of a user's orders.
 type ListOrdersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// user_id whose orders to list.
+	// user_id whose orders to list. Through the edge it may be left empty
+	// (GET /v1/orders): the logged-in user's orders are listed. Set, it
+	// must be that user's id (permission_denied otherwise).
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// page_size is the most orders to return; 0 means the default of 20.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -713,9 +715,9 @@ const file_shop_order_v1_order_proto_rawDesc = "" +
 	"\border_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\">\n" +
 	"\x10GetOrderResponse\x12*\n" +
-	"\x05order\x18\x01 \x01(\v2\x14.shop.order.v1.OrderR\x05order\"\x88\x01\n" +
-	"\x11ListOrdersRequest\x12!\n" +
-	"\auser_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06userId\x12'\n" +
+	"\x05order\x18\x01 \x01(\v2\x14.shop.order.v1.OrderR\x05order\"\x8b\x01\n" +
+	"\x11ListOrdersRequest\x12$\n" +
+	"\auser_id\x18\x01 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x06userId\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xc8\x01(\x00R\bpageSize\x12'\n" +
 	"\n" +
@@ -728,14 +730,15 @@ const file_shop_order_v1_order_proto_rawDesc = "" +
 	"\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n" +
 	"\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x17\n" +
 	"\x13ORDER_STATUS_FAILED\x10\x03\x12\x1a\n" +
-	"\x16ORDER_STATUS_CANCELLED\x10\x042\xc8\x03\n" +
+	"\x16ORDER_STATUS_CANCELLED\x10\x042\xd7\x03\n" +
 	"\fOrderService\x12k\n" +
 	"\n" +
 	"PlaceOrder\x12 .shop.order.v1.PlaceOrderRequest\x1a!.shop.order.v1.PlaceOrderResponse\"\x18\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
 	"/v1/orders\x90\x02\x02\x12m\n" +
-	"\bGetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\" \x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x90\x02\x01\x12x\n" +
+	"\bGetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\" \x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x90\x02\x01\x12\x86\x01\n" +
 	"\n" +
-	"ListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"%\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/users/{user_id}/orders\x90\x02\x01\x1ab\xc2\xf3\x18^\n" +
+	"ListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"3\x82\xd3\xe4\x93\x02*Z\f\x12\n" +
+	"/v1/orders\x12\x1a/v1/users/{user_id}/orders\x90\x02\x01\x1ab\xc2\xf3\x18^\n" +
 	"\"shop.inventory.v1.InventoryService\n" +
 	"\x1eshop.payment.v1.PaymentService\n" +
 	"\x18shop.user.v1.UserServiceB\xb0\x01\n" +
