@@ -361,6 +361,51 @@ func TestCallInNoProtocolIsTold(t *testing.T) {
 	}
 }
 
+// TestMalformedEnvelopeIsRefused: a framed call whose message does not
+// start with a valid 5-byte prefix (a client that forgot the framing, or
+// set a flag only servers send) is invalid_argument saying so, in the
+// caller's protocol, for a unary call and for a stream, and not "message
+// too large" from reading its first bytes as a length.
+func TestMalformedEnvelopeIsRefused(t *testing.T) {
+	t.Parallel()
+	f := startEdge(t)
+	framed := func(flags byte, msg []byte) []byte {
+		return append(binary.BigEndian.AppendUint32([]byte{flags}, uint32(len(msg))), msg...)
+	}
+	hello, err := proto.Marshal(wrapperspb.String("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, procedure, contentType string
+		body                         []byte
+	}{
+		{"unary, unframed", "Headers", "application/grpc-web+proto", hello},
+		{"unary, a server's flag", "Headers", "application/grpc-web+proto", framed(0x80, hello)},
+		{"stream, second message unframed", "Sink", "application/grpc-web+proto", append(framed(0, hello), hello...)},
+		{"connect stream, end-stream flag", "Sink", "application/connect+proto", framed(2, hello)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := http.Post(f.url+"/"+echoService+"/"+tc.procedure, tc.contentType, bytes.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			code, msg := res.Header.Get("Grpc-Status"), res.Header.Get("Grpc-Message")
+			if strings.HasPrefix(tc.contentType, "application/connect") {
+				code, msg = "", string(body)
+				if strings.Contains(msg, `"code":"invalid_argument"`) {
+					code = "3"
+				}
+			}
+			if code != "3" || !strings.Contains(msg, "envelope") {
+				t.Fatalf("status %d, grpc-status %q, message %q, body %q; want invalid_argument about the envelope", res.StatusCode, code, msg, body)
+			}
+		})
+	}
+}
+
 // TestUnknownProcedureAnswersLikeConnectMux: a path that is no procedure
 // of a routed service gets what connect-go's own mux answers, HTTP 404,
 // which Connect clients read as unimplemented; gRPC and gRPC-Web callers

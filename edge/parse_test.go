@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"connectrpc.com/connect"
 )
 
 func TestRequestTimeout(t *testing.T) {
@@ -381,6 +383,29 @@ func TestCallContentType(t *testing.T) {
 	} {
 		if got := callContentType(ct); got != want {
 			t.Errorf("callContentType(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
+
+func TestCheckEnvelope(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		prefix []byte
+		code   connect.Code // 0: fine
+	}{
+		{"plain", []byte{0, 0, 0, 0, 3}, 0},
+		{"compressed", []byte{1, 0, 0, 0, 3}, 0},
+		{"empty message", []byte{0, 0, 0, 0, 0}, 0},
+		{"at the limit", []byte{0, 0, 0, 0x04, 0}, 0},
+		{"over the limit", []byte{0, 0, 0, 0x04, 1}, connect.CodeResourceExhausted},
+		{"end of stream, a server's flag", []byte{2, 0, 0, 0, 0}, connect.CodeInvalidArgument},
+		{"trailers, a server's flag", []byte{0x80, 0, 0, 0, 0}, connect.CodeInvalidArgument},
+		{"unframed protobuf", []byte{0x0a, 0x08, 'K', 'E', 'E'}, connect.CodeInvalidArgument},
+		{"unframed JSON", []byte(`{"sku`), connect.CodeInvalidArgument},
+	} {
+		err := checkEnvelope(tc.prefix, 1024)
+		if got := connect.CodeOf(err); err != nil && got != tc.code || err == nil && tc.code != 0 {
+			t.Errorf("%s: %v, want code %v", tc.name, err, tc.code)
 		}
 	}
 }

@@ -274,9 +274,9 @@ func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http
 			return
 		}
 	}
-	if len(ub.buf.Bytes()) > 5 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
-		if n := binary.BigEndian.Uint32(ub.buf.Bytes()[1:5]); int64(n) > p.maxRequest {
-			p.fail(w, r, x, tooLarge(p.maxRequest))
+	if len(ub.buf.Bytes()) >= 5 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		if err := checkEnvelope(ub.buf.Bytes(), p.maxRequest); err != nil {
+			p.fail(w, r, x, err)
 			return
 		}
 	} else if int64(ub.buf.Len()) > p.maxRequest {
@@ -319,6 +319,20 @@ func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http
 // returns.
 const smallBody = 2048
 
+// checkEnvelope checks the 5-byte prefix of a framed request message
+// (gRPC, gRPC-Web, Connect streaming): its flags, of which a request may
+// set only compression's, and the length it announces.
+func checkEnvelope(prefix []byte, limit int64) error {
+	if flags := prefix[0]; flags&^1 != 0 {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(
+			"malformed message envelope (flags 0x%02x): each message must start with a 5-byte prefix, a flags byte of 0 or 1 and its length", flags))
+	}
+	if n := binary.BigEndian.Uint32(prefix[1:5]); int64(n) > limit {
+		return tooLarge(limit)
+	}
+	return nil
+}
+
 // tooLarge is the answer to a request message over the limit.
 func tooLarge(limit int64) error {
 	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("request message exceeds the limit of %d bytes", limit))
@@ -345,8 +359,8 @@ func (p *proxy) forwardStream(ctx context.Context, w http.ResponseWriter, r *htt
 	if err != nil {
 		if body != nil {
 			body.Close()
-			if body.tripped.Load() {
-				p.fail(w, r, x, tooLarge(p.maxRequest))
+			if fault := body.fault.Load(); fault != nil {
+				p.fail(w, r, x, *fault)
 				return
 			}
 		}
@@ -689,17 +703,18 @@ func requestTimeout(h http.Header) (d time.Duration, ok bool, err error) {
 // requestBody forwards the caller's request body and can be closed by the
 // proxy once the upstream has answered, which unblocks the transport's
 // body copy on full-duplex streams. It refuses a message (envelope) over
-// limit, since the edge enforces the request limit itself.
+// limit, since the edge enforces the request limit itself, and one whose
+// envelope is malformed ([checkEnvelope]).
 type requestBody struct {
 	mu     sync.Mutex
 	body   io.ReadCloser
 	closed bool
 
-	limit   int64
-	header  [5]byte
-	have    int   // bytes of the current envelope header seen
-	left    int64 // payload bytes of the current envelope still to pass
-	tripped atomic.Bool
+	limit  int64
+	header [5]byte
+	have   int   // bytes of the current envelope header seen
+	left   int64 // payload bytes of the current envelope still to pass
+	fault  atomic.Pointer[error]
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
@@ -710,16 +725,16 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := b.body.Read(p)
-	if b.watch(p[:n]) {
-		b.tripped.Store(true)
-		return 0, tooLarge(b.limit)
+	if fault := b.watch(p[:n]); fault != nil {
+		b.fault.Store(&fault)
+		return 0, fault
 	}
 	return n, err
 }
 
-// watch follows the envelopes in p and reports whether one is over the
-// limit.
-func (b *requestBody) watch(p []byte) bool {
+// watch follows the envelopes in p and returns the error of one that is
+// malformed or over the limit.
+func (b *requestBody) watch(p []byte) error {
 	for len(p) > 0 {
 		if b.left > 0 {
 			n := min(int64(len(p)), b.left)
@@ -731,15 +746,15 @@ func (b *requestBody) watch(p []byte) bool {
 		b.have += n
 		p = p[n:]
 		if b.have < len(b.header) {
-			return false
+			return nil
 		}
 		b.have = 0
-		b.left = int64(binary.BigEndian.Uint32(b.header[1:]))
-		if b.left > b.limit {
-			return true
+		if err := checkEnvelope(b.header[:], b.limit); err != nil {
+			return err
 		}
+		b.left = int64(binary.BigEndian.Uint32(b.header[1:]))
 	}
-	return false
+	return nil
 }
 
 func (b *requestBody) Close() error {
