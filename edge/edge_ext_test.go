@@ -330,9 +330,10 @@ func TestMalformedTimeoutIsRefused(t *testing.T) {
 }
 
 // TestCallInNoProtocolIsTold: a POST to a procedure in a content type no
-// protocol uses (curl's default form encoding, plain text, none) gets
-// HTTP 415 as from connect-go, with the types it takes in Accept-Post and
-// a body saying what to send, and never reaches the upstream.
+// protocol uses (curl's default form encoding, plain text, none), or a
+// GET that names no codec, gets HTTP 415 as from connect-go, with the
+// types it takes in Accept-Post and a body saying what to send, and never
+// reaches the upstream.
 func TestCallInNoProtocolIsTold(t *testing.T) {
 	t.Parallel()
 	f := startEdge(t)
@@ -355,6 +356,28 @@ func TestCallInNoProtocolIsTold(t *testing.T) {
 			t.Errorf("Content-Type %q: %d, Accept-Post %q, body %q; want 415 naming the type and what to send",
 				ct, res.StatusCode, res.Header.Get("Accept-Post"), body)
 		}
+	}
+	// A GET that names no codec is no Connect call either (GetUser is
+	// free of side effects: it takes GET).
+	for _, query := range []string{"", "?connect=v1&encoding=xml&message=%7B%7D"} {
+		res, err := http.Get(f.url + userv1connect.UserServiceGetUserProcedure + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(body), "encoding=json") {
+			t.Errorf("GET %q: %d %q; want 415 saying how a Connect GET names its codec", query, res.StatusCode, body)
+		}
+	}
+	// A method with side effects answers GET as connect-go does, 405.
+	res, err := http.Get(f.url + "/" + echoService + "/Wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET of a method with side effects: %d, want 405", res.StatusCode)
 	}
 	if n := f.upstream.waits.Load(); n != 0 {
 		t.Fatalf("%d calls in no protocol reached the upstream", n)

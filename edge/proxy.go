@@ -94,9 +94,19 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 	}
 	x.route = rt
 	if r.Method == http.MethodPost && !callContentType(r.Header.Get("Content-Type")) {
-		unsupportedMediaType(w, r.Header.Get("Content-Type"))
+		unsupportedMediaType(w, "Content-Type "+quoteOrNone(r.Header.Get("Content-Type"))+" is not a call: send application/json or application/proto (Connect), "+
+			"application/grpc (gRPC) or application/grpc-web (gRPC-Web)")
 		p.finish(r, &x, connect.CodeInvalidArgument)
 		return
+	}
+	if r.Method == http.MethodGet && proc != nil && proc.method.ReadOnly {
+		// A method the contract marks free of side effects takes GET; for
+		// the others the service's 405 says more.
+		if enc := r.URL.Query().Get("encoding"); enc != "json" && enc != "proto" {
+			unsupportedMediaType(w, "a Connect GET names its codec: ?connect=v1&encoding=json&message=<the request, URL-encoded> (encoding "+quoteOrNone(enc)+")")
+			p.finish(r, &x, connect.CodeInvalidArgument)
+			return
+		}
 	}
 
 	ctx := r.Context()
@@ -623,22 +633,25 @@ func callContentType(ct string) bool {
 	return false
 }
 
-// unsupportedMediaType answers a POST to a procedure in no protocol the
-// edge knows, as connect-go does (HTTP 415, the accepted types in
-// Accept-Post), with a body saying what to send instead: no protocol's
-// error format applies to a caller that speaks none.
-func unsupportedMediaType(w http.ResponseWriter, ct string) {
-	if ct == "" {
-		ct = "none"
-	} else {
-		ct = strconv.Quote(ct)
-	}
+// unsupportedMediaType answers a call in no protocol the edge knows (a
+// POST of another content type, a GET without a codec), as connect-go
+// does (HTTP 415, the accepted types in Accept-Post), with a body saying
+// what to send instead: no protocol's error format applies to a caller
+// that speaks none.
+func unsupportedMediaType(w http.ResponseWriter, what string) {
 	h := w.Header()
 	h.Set("Accept-Post", acceptPost)
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusUnsupportedMediaType)
-	_, _ = fmt.Fprintf(w, "Content-Type %s is not a call: send application/json or application/proto (Connect), "+
-		"application/grpc (gRPC) or application/grpc-web (gRPC-Web)\n", ct)
+	_, _ = io.WriteString(w, what+"\n")
+}
+
+// quoteOrNone quotes s, or says "none" for an empty one.
+func quoteOrNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return strconv.Quote(s)
 }
 
 // connectUnary reports whether r is a unary Connect call: a GET, or a
