@@ -14,8 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -98,6 +100,9 @@ func (h *Handler) Register(ctx context.Context, req *connect.Request[userv1.Regi
 	}
 	if req.Msg.GetPassword() == "" {
 		return nil, invalidArgument("password is required")
+	}
+	if err := checkDisplayName(req.Msg.GetDisplayName()); err != nil {
+		return nil, err
 	}
 	var hash string
 	err := h.bounded(ctx, func() (err error) {
@@ -204,6 +209,9 @@ func (h *Handler) UpdateProfile(ctx context.Context, req *connect.Request[userv1
 	if err := auth.RequireOwner(ctx, id.String(), "user "+id.String()); err != nil {
 		return nil, err
 	}
+	if err := checkDisplayName(req.Msg.GetDisplayName()); err != nil {
+		return nil, err
+	}
 	u, err := h.users.UpdateDisplayName(ctx, id, req.Msg.GetDisplayName())
 	if err != nil {
 		return nil, h.lookupError(ctx, req.Spec(), id, err)
@@ -256,6 +264,17 @@ func (h *Handler) internal(ctx context.Context, spec connect.Spec, err error) er
 		slog.String("procedure", spec.Procedure),
 		slog.Any("error", err))
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+}
+
+// checkDisplayName refuses a display name with a control character
+// (NUL, a line break...), as the contract does: PostgreSQL cannot store
+// NUL in text at all, and the others break every page that shows the
+// name.
+func checkDisplayName(name string) error {
+	if strings.ContainsFunc(name, unicode.IsControl) {
+		return invalidArgument("display_name must not contain control characters")
+	}
+	return nil
 }
 
 func invalidArgument(msg string) error {

@@ -242,3 +242,26 @@ func TestInternalErrorsSayNothing(t *testing.T) {
 		t.Fatalf("cause not logged; logs:\n%s", logs.String())
 	}
 }
+
+// TestDisplayNameWithoutControlCharacters: a display name with a control
+// character is invalid_argument naming the field, on Register and on
+// UpdateProfile, whatever the store (PostgreSQL cannot hold NUL in text:
+// it would be an internal error there).
+func TestDisplayNameWithoutControlCharacters(t *testing.T) {
+	c := newClient(t)
+	ctx := context.Background()
+	u := register(t, c, "ctl@example.com", "correct horse", "Ctl")
+	for _, name := range []string{"a\x00b", "two\nlines", "tab\there", "bell\x07", "c1\u0085"} {
+		_, err := c.Register(ctx, connect.NewRequest(&userv1.RegisterRequest{Email: "ctl2@example.com", Password: "correct horse", DisplayName: name}))
+		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "display_name") {
+			t.Errorf("Register as %q: %v, want invalid_argument naming display_name", name, err)
+		}
+		_, err = c.UpdateProfile(ctx, connect.NewRequest(&userv1.UpdateProfileRequest{Id: u.GetId(), DisplayName: name}))
+		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "display_name") {
+			t.Errorf("UpdateProfile to %q: %v, want invalid_argument naming display_name", name, err)
+		}
+	}
+	if _, err := c.UpdateProfile(ctx, connect.NewRequest(&userv1.UpdateProfileRequest{Id: u.GetId(), DisplayName: "Ada Lovelace ✓"})); err != nil {
+		t.Errorf("a plain name with a space and a symbol: %v", err)
+	}
+}

@@ -116,7 +116,8 @@ type RegisterRequest struct {
 	Email string `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
 	// password must have 8 to 128 characters.
 	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
-	// display_name has 1 to 64 characters.
+	// display_name has 1 to 64 characters, none of them a control
+	// character.
 	DisplayName   string `protobuf:"bytes,3,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -435,7 +436,8 @@ type UpdateProfileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id of the user to change.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// display_name is the new display name, 1 to 64 characters.
+	// display_name is the new display name, 1 to 64 characters, none of
+	// them a control character.
 	DisplayName   string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -654,13 +656,14 @@ const file_shop_user_v1_user_proto_rawDesc = "" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x89\x01\n" +
+	"updateTime\"\xf2\x01\n" +
 	"\x0fRegisterRequest\x12 \n" +
 	"\x05email\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x18\xfe\x01`\x01R\x05email\x12&\n" +
 	"\bpassword\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\b\x18\x80\x01R\bpassword\x12,\n" +
-	"\fdisplay_name\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\vdisplayName\":\n" +
+	"\xbaH\ar\x05\x10\b\x18\x80\x01R\bpassword\x12\x94\x01\n" +
+	"\fdisplay_name\x18\x03 \x01(\tBq\xbaHn\xba\x01e\n" +
+	"\"display_name.no_control_characters\x12#must not contain control characters\x1a\x1a!this.matches('[\\\\p{Cc}]')r\x04\x10\x01\x18@R\vdisplayName\":\n" +
 	"\x10RegisterResponse\x12&\n" +
 	"\x04user\x18\x01 \x01(\v2\x12.shop.user.v1.UserR\x04user\"X\n" +
 	"\fLoginRequest\x12 \n" +
@@ -676,10 +679,11 @@ const file_shop_user_v1_user_proto_rawDesc = "" +
 	"\x0eGetUserRequest\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\"9\n" +
 	"\x0fGetUserResponse\x12&\n" +
-	"\x04user\x18\x01 \x01(\v2\x12.shop.user.v1.UserR\x04user\"^\n" +
+	"\x04user\x18\x01 \x01(\v2\x12.shop.user.v1.UserR\x04user\"\xc7\x01\n" +
 	"\x14UpdateProfileRequest\x12\x18\n" +
-	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x12,\n" +
-	"\fdisplay_name\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\vdisplayName\"?\n" +
+	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x12\x94\x01\n" +
+	"\fdisplay_name\x18\x02 \x01(\tBq\xbaHn\xba\x01e\n" +
+	"\"display_name.no_control_characters\x12#must not contain control characters\x1a\x1a!this.matches('[\\\\p{Cc}]')r\x04\x10\x01\x18@R\vdisplayName\"?\n" +
 	"\x15UpdateProfileResponse\x12&\n" +
 	"\x04user\x18\x01 \x01(\v2\x12.shop.user.v1.UserR\x04user\"d\n" +
 	"\x10ListUsersRequest\x12'\n" +
