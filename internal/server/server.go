@@ -155,7 +155,7 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 		connect.WithRecover(s.recoverPanic),
 		connect.WithInterceptors(newAccessLog(logger)),
 		connect.WithInterceptors(extra.interceptors...),
-		connect.WithInterceptors(validate.NewInterceptor()),
+		connect.WithInterceptors(noNUL{}, validate.NewInterceptor()),
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
 		connect.WithCompressMinBytes(1024),
 	)

@@ -119,6 +119,27 @@ func TestServesEveryProtocolOnOnePort(t *testing.T) {
 	}
 }
 
+// TestNULInTextIsRefused: a NUL character in any string field of a
+// request is invalid_argument naming the field, in every protocol, before
+// the handler runs (no text column can hold it).
+func TestNULInTextIsRefused(t *testing.T) {
+	t.Parallel()
+	r := start(t, server.Config{})
+	for name, opts := range map[string][]connect.ClientOption{
+		"connect-json": {connect.WithProtoJSON()},
+		"grpc":         {connect.WithGRPC()},
+		"grpc-web":     {connect.WithGRPCWeb()},
+	} {
+		c := userv1connect.NewUserServiceClient(testkit.H2CClient(), r.url, opts...)
+		_, err := c.Register(context.Background(), connect.NewRequest(&userv1.RegisterRequest{
+			Email: "ada@example.com", Password: "correct\x00horse", DisplayName: "Ada",
+		}))
+		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "password: must not contain a NUL") {
+			t.Errorf("%s: %v, want invalid_argument naming password", name, err)
+		}
+	}
+}
+
 func TestInvalidRequestNamesTheField(t *testing.T) {
 	t.Parallel()
 	r := start(t, server.Config{})
