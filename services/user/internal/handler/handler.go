@@ -190,7 +190,7 @@ func (h *Handler) GetUser(ctx context.Context, req *connect.Request[userv1.GetUs
 	if err != nil {
 		return nil, err
 	}
-	if err := auth.RequireOwner(ctx, id.String(), "user "+id.String()); err != nil {
+	if err := auth.RequireOwner(ctx, id.String(), "the account "+id.String()); err != nil {
 		return nil, err
 	}
 	u, err := h.users.GetByID(ctx, id)
@@ -206,7 +206,7 @@ func (h *Handler) UpdateProfile(ctx context.Context, req *connect.Request[userv1
 	if err != nil {
 		return nil, err
 	}
-	if err := auth.RequireOwner(ctx, id.String(), "user "+id.String()); err != nil {
+	if err := auth.RequireOwner(ctx, id.String(), "the account "+id.String()); err != nil {
 		return nil, err
 	}
 	if err := checkDisplayName(req.Msg.GetDisplayName()); err != nil {
