@@ -351,7 +351,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		// so the drain itself can be watched.
 		defer adminServer.Close()
 	}
-	s.logger.Info("serving", slog.String("addr", s.Addr()), slog.String("admin_addr", s.AdminAddr()), slog.Any("services", s.services))
+	s.logger.Info("serving", slog.String("addr", s.Addr()), slog.String("admin_addr", s.AdminAddr()), slog.Any("services", append([]string{}, s.services...)))
 
 	select {
 	case err := <-served:
