@@ -309,6 +309,14 @@ func (e *Edge) Addr() string { return e.server.Addr() }
 func (e *Edge) OnStop(fn func(context.Context)) { e.server.OnStop(fn) }
 
 // Serve routes calls until ctx is done, then drains; see [server.Server.Serve].
-func (e *Edge) Serve(ctx context.Context) error { return e.server.Serve(ctx) }
+func (e *Edge) Serve(ctx context.Context) error {
+	routes := make([]string, 0, len(e.routes.services))
+	for _, name := range e.routes.names() {
+		routes = append(routes, name+" -> "+e.routes.services[name].logical)
+	}
+	slices.Sort(routes)
+	e.proxy.logger.InfoContext(ctx, "routing", slog.Any("routes", routes))
+	return e.server.Serve(ctx)
+}
 
 var _ http.Handler = (*proxy)(nil)

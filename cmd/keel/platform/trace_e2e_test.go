@@ -184,4 +184,8 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 	if !strings.Contains(accessLine, `"trace_id":"`+parts[1]+`"`) || !strings.Contains(accessLine, `"span_id":"`+parts[2]+`"`) || !strings.Contains(accessLine, `"instance":"`) {
 		t.Fatalf("edge access log line without the call's trace, span or instance: %q", accessLine)
 	}
+	// At start the edge says where it routes each service.
+	if !strings.Contains(logs.String(), `"msg":"routing","service":"edge","routes":["shop.storefront.v1.StorefrontService -> storefront","shop.user.v1.UserService -> user"]`) {
+		t.Fatalf("no routing line from the edge in:\n%s", logs.String())
+	}
 }
