@@ -686,6 +686,9 @@ func requestTimeout(h http.Header) (d time.Duration, ok bool, err error) {
 		return 0, false, nil
 	}
 	t := v[0]
+	malformed := func() error {
+		return fmt.Errorf("Grpc-Timeout %q: want at most 8 digits and a unit, one of H M S m u n", t)
+	}
 	var unit time.Duration
 	switch t[len(t)-1] {
 	case 'H':
@@ -701,11 +704,11 @@ func requestTimeout(h http.Header) (d time.Duration, ok bool, err error) {
 	case 'n':
 		unit = time.Nanosecond
 	default:
-		return 0, false, fmt.Errorf("Grpc-Timeout %q: want at most 8 digits and a unit, one of H M S m u n", t)
+		return 0, false, malformed()
 	}
 	value, err := strconv.ParseInt(t[:len(t)-1], 10, 64)
 	if err != nil || value < 0 || len(t) > 9 {
-		return 0, false, fmt.Errorf("Grpc-Timeout %q: want at most 8 digits and a unit, one of H M S m u n", t)
+		return 0, false, malformed()
 	}
 	if value > int64(time.Duration(1<<62)/unit) {
 		return 0, false, nil // longer than anyone waits: as good as none

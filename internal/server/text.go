@@ -23,9 +23,6 @@ type noNUL struct{}
 // WrapUnary implements [connect.Interceptor].
 func (noNUL) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient {
-			return next(ctx, req)
-		}
 		if m, ok := req.Any().(proto.Message); ok {
 			if err := checkNoNUL(m); err != nil {
 				return nil, err

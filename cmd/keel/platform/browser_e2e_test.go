@@ -21,7 +21,6 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/keelplatform/keel/cmd/keel/platform"
-	"github.com/keelplatform/keel/internal/config"
 )
 
 // webDir is the storefront page's package (web/), relative to this package.
@@ -221,24 +220,7 @@ func startBrowserShop(t *testing.T, settings map[string]string) (string, *platfo
 	for k, v := range settings {
 		t.Setenv(k, v)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := platform.Start(ctx, platform.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		EdgeAddr:  "127.0.0.1:0",
-		DataDir:   t.TempDir(),
-		Demo:      true,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := p.Wait(); err != nil {
-			t.Errorf("platform stopped with %v", err)
-		}
-	})
+	p, _ := startPlatform(t, platform.Options{Demo: true})
 	return "http://" + p.EdgeAddr(), p
 }
 

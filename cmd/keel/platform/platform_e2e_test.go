@@ -35,23 +35,7 @@ func up(t *testing.T, settings map[string]string) *running {
 	for k, v := range settings {
 		t.Setenv(k, v)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := platform.Start(ctx, platform.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		EdgeAddr:  "127.0.0.1:0",
-		DataDir:   t.TempDir(),
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := p.Wait(); err != nil {
-			t.Errorf("platform stopped with %v", err)
-		}
-	})
+	p, cancel := startPlatform(t, platform.Options{})
 	return &running{url: "http://" + p.EdgeAddr(), p: p, stop: cancel}
 }
 
@@ -371,4 +355,27 @@ func TestMetricsAfterAFewCalls(t *testing.T) {
 	has(userMetrics, `keel_rpc_server_duration_seconds_bucket{procedure="/shop.user.v1.UserService/Register",le="+Inf"}`, 3)
 	has(userMetrics, `keel_server_in_flight`, 0)
 	has(userMetrics, `keel_bulkhead_refused_total{bulkhead="password hashing"}`, 0)
+}
+
+// startPlatform starts the platform as `keel up` does, on the test
+// environment's configuration (free loopback ports) and a data directory
+// of its own, with opts' other fields as given. It stops when the test
+// ends, or when the returned cancel is called; either way the test fails
+// if it stops with an error.
+func startPlatform(t *testing.T, opts platform.Options) (*platform.Platform, context.CancelFunc) {
+	t.Helper()
+	opts.Env, opts.ConfigDir, opts.EdgeAddr, opts.DataDir = config.EnvTest, "../../../consul/kv", "127.0.0.1:0", t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := platform.Start(ctx, opts)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := p.Wait(); err != nil {
+			t.Errorf("platform stopped with %v", err)
+		}
+	})
+	return p, cancel
 }

@@ -276,24 +276,7 @@ func TestReadmeShopWalkthrough(t *testing.T) {
 	}
 
 	// The platform `keel up` starts, on free ports of the test environment.
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := platform.Start(ctx, platform.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		EdgeAddr:  "127.0.0.1:0",
-		DataDir:   t.TempDir(),
-		Demo:      true,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := p.Wait(); err != nil {
-			t.Errorf("platform stopped with %v", err)
-		}
-	})
+	p, _ := startPlatform(t, platform.Options{Demo: true})
 	edgeURL := "http://" + p.EdgeAddr()
 
 	w := &walk{edgeURL: edgeURL, steps: map[string]walkthroughStep{}}

@@ -2,7 +2,6 @@ package platform_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/keelplatform/keel/cmd/keel/platform"
-	"github.com/keelplatform/keel/internal/config"
 )
 
 // exampleTag tags a README example: an HTML comment
@@ -99,24 +97,7 @@ func TestReadmeExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := platform.Start(ctx, platform.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		EdgeAddr:  "127.0.0.1:0",
-		DataDir:   t.TempDir(),
-		Demo:      true,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := p.Wait(); err != nil {
-			t.Errorf("platform stopped with %v", err)
-		}
-	})
+	p, _ := startPlatform(t, platform.Options{Demo: true})
 
 	steps := []walkthroughStep{{name: "root", code: "cd ../../..\n"}}
 	for _, e := range examples {

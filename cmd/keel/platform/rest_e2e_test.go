@@ -21,7 +21,6 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/order/v1/orderv1connect"
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
-	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/testkit"
 )
 
@@ -58,25 +57,8 @@ type shop struct {
 
 func startShop(t *testing.T) *shop {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := platform.Start(ctx, platform.Options{
-		Env:         config.EnvTest,
-		ConfigDir:   "../../../consul/kv",
-		EdgeAddr:    "127.0.0.1:0",
-		DataDir:     t.TempDir(),
-		Demo:        true,
-		IdentityKey: testIdentityKey,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := p.Wait(); err != nil {
-			t.Errorf("platform stopped with %v", err)
-		}
-	})
+	p, _ := startPlatform(t, platform.Options{Demo: true, IdentityKey: testIdentityKey})
+	ctx := t.Context()
 	s := &shop{url: "http://" + p.EdgeAddr(), p: p, password: "correct horse"}
 	users := userv1connect.NewUserServiceClient(http.DefaultClient, s.url)
 	reg, err := users.Register(ctx, connect.NewRequest(&userv1.RegisterRequest{Email: "matrix@example.com", Password: s.password, DisplayName: "Matrix"}))

@@ -1,7 +1,6 @@
 package platform_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/keelplatform/keel/cmd/keel/platform"
-	"github.com/keelplatform/keel/internal/config"
 )
 
 // TestProductPageThroughTheEdge: the platform runs the storefront and the
@@ -18,24 +16,7 @@ import (
 // the README's curl line reads it (Connect JSON, no token: the method is
 // public), and an unknown sku answered not_found naming it.
 func TestProductPageThroughTheEdge(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := platform.Start(ctx, platform.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		EdgeAddr:  "127.0.0.1:0",
-		DataDir:   t.TempDir(),
-		Demo:      true,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := p.Wait(); err != nil {
-			t.Errorf("platform stopped with %v", err)
-		}
-	})
+	p, _ := startPlatform(t, platform.Options{Demo: true})
 	url := "http://" + p.EdgeAddr() + "/shop.storefront.v1.StorefrontService/GetProductPage"
 	post := func(body string, out any) int {
 		t.Helper()

@@ -1,8 +1,6 @@
 package service_test
 
 import (
-	"context"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,8 +9,6 @@ import (
 
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
-	"github.com/keelplatform/keel/internal/boot"
-	"github.com/keelplatform/keel/internal/config"
 	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
@@ -21,23 +17,10 @@ import (
 // handler does: the message is protovalidate's, naming the field and the
 // rule.
 func TestContractRefusesControlCharacters(t *testing.T) {
-	env := map[string]string{
-		userservice.TokenKeyVar:  "a-token-key-a-token-key-a-token-key",
-		"KEEL_DATABASE_DATA_DIR": t.TempDir(),
-		"KEEL_SERVER_ADDR":       "127.0.0.1:0",
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := boot.Start(ctx, userservice.Service(), boot.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		Log:       io.Discard,
-		LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok },
-	})
+	r, err := startUser(t, map[string]string{userservice.TokenKeyVar: "a-token-key-a-token-key-a-token-key"})
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); _ = r.Wait() })
 	users := userv1connect.NewUserServiceClient(http.DefaultClient, "http://"+r.Instance.Addr)
 	_, err = users.Register(t.Context(), connect.NewRequest(&userv1.RegisterRequest{Email: "nul@example.com", Password: "correct horse", DisplayName: "two\nlines"}))
 	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "display_name: must not contain control characters") {

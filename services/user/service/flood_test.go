@@ -1,8 +1,6 @@
 package service_test
 
 import (
-	"context"
-	"io"
 	"net/http"
 	"runtime/metrics"
 	"strings"
@@ -15,8 +13,6 @@ import (
 
 	userv1 "github.com/keelplatform/keel/gen/go/shop/user/v1"
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
-	"github.com/keelplatform/keel/internal/boot"
-	"github.com/keelplatform/keel/internal/config"
 	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
@@ -46,28 +42,18 @@ func heapPeak(stop <-chan struct{}) <-chan uint64 {
 // runs two at a time, refuses the excess fast with resource_exhausted and
 // a retry hint, and the heap stays near two hashes' worth.
 func TestLoginFloodKeepsMemoryBounded(t *testing.T) {
-	env := map[string]string{
+	r, err := startUser(t, map[string]string{
 		userservice.TokenKeyVar:                strings.Repeat("k", 32),
-		"KEEL_DATABASE_DATA_DIR":               t.TempDir(),
-		"KEEL_SERVER_ADDR":                     "127.0.0.1:0",
 		"KEEL_PASSWORD_HASHING_MAX_CONCURRENT": "2",
 		"KEEL_PASSWORD_HASHING_MAX_WAIT":       "50ms",
 		"KEEL_PASSWORD_HASHING_MEMORY_KIB":     "19456",
 		"KEEL_SHEDDING_MIN_LIMIT":              "200",
 		"KEEL_SHEDDING_INITIAL_LIMIT":          "200",
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := boot.Start(ctx, userservice.Service(), boot.Options{
-		Env:       config.EnvTest,
-		ConfigDir: "../../../consul/kv",
-		Log:       io.Discard,
-		LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok },
 	})
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); _ = r.Wait() })
+	ctx := t.Context()
 	users := userv1connect.NewUserServiceClient(http.DefaultClient, "http://"+r.Instance.Addr)
 	if _, err := users.Register(ctx, connect.NewRequest(&userv1.RegisterRequest{Email: "flood@example.com", Password: "correct horse", DisplayName: "F"})); err != nil {
 		t.Fatal(err)

@@ -1,8 +1,6 @@
 package service_test
 
 import (
-	"context"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,7 +11,6 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/boot"
-	"github.com/keelplatform/keel/internal/config"
 	userservice "github.com/keelplatform/keel/services/user/service"
 )
 
@@ -25,24 +22,7 @@ func TestLoginTokensSignedWithTheNewestKey(t *testing.T) {
 	newKey := "the-new-token-key-the-new-token-key"
 	oldKey := "the-old-token-key-the-old-token-key"
 	start := func(tokenKey string) (*boot.Running, error) {
-		env := map[string]string{
-			userservice.TokenKeyVar:  tokenKey,
-			"KEEL_DATABASE_DATA_DIR": t.TempDir(),
-			"KEEL_SERVER_ADDR":       "127.0.0.1:0",
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		r, err := boot.Start(ctx, userservice.Service(), boot.Options{
-			Env:       config.EnvTest,
-			ConfigDir: "../../../consul/kv",
-			Log:       io.Discard,
-			LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok },
-		})
-		if err != nil {
-			cancel()
-			return nil, err
-		}
-		t.Cleanup(func() { cancel(); _ = r.Wait() })
-		return r, nil
+		return startUser(t, map[string]string{userservice.TokenKeyVar: tokenKey})
 	}
 	if _, err := start(newKey + ",short"); err == nil || !strings.Contains(err.Error(), userservice.TokenKeyVar) {
 		t.Fatalf("a short key among the token keys: %v, want an error naming %s", err, userservice.TokenKeyVar)
