@@ -199,14 +199,23 @@ func (c *Cache) GetChecked(ctx context.Context, f *Filter, key string, load Load
 // Invalidate drops the entries of keys, after their source changed: it
 // deletes them in Redis, which makes Redis drop the copies every process
 // keeps in memory, and this process stops trusting its own copies at
-// once. When Redis cannot be reached it returns an error; the keys are
+// once: its reads that follow load again rather than wait for a load
+// begun before Invalidate, which may have read the old value. When Redis cannot be reached it returns an error; the keys are
 // then read from the loader by this process and deleted in Redis as soon
 // as it is back, so the caller may log the error and go on.
 func (c *Cache) Invalidate(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	if err := c.store.invalidate(ctx, keys); err != nil {
+	err := c.store.invalidate(ctx, keys)
+	// A load of these keys in flight may have read the source before it
+	// changed: later reads of this process must not wait for its answer
+	// but load again. The store is invalidated first, so a load that
+	// starts from here on cannot find the old entry in it.
+	for _, key := range keys {
+		c.flights.Forget(key)
+	}
+	if err != nil {
 		return fmt.Errorf("cache %s: invalidate: %w", c.name, err)
 	}
 	return nil

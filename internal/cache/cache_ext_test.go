@@ -492,6 +492,68 @@ func TestInvalidateDuringLoadKeepsNoStaleValue(t *testing.T) {
 	}
 }
 
+// TestReadOwnWriteDuringLoad: a load that began before a write and read
+// the old value is still running when the writer invalidates the key;
+// the writer's next read does not wait for that load but reads the new
+// value at once, and once the old load returns, its value is not kept
+// over the new one.
+func TestReadOwnWriteDuringLoad(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			c := b.cache(t, nil, nil)
+			ctx := context.Background()
+			s := newSource()
+			s.set("k", "old")
+			entered, release := make(chan struct{}), make(chan struct{})
+			var releaseOnce sync.Once
+			defer releaseOnce.Do(func() { close(release) })
+			first := true
+			load := func(ctx context.Context) ([]byte, error) {
+				v, err := s.loader("k")(ctx)
+				if first { // only the first load runs before the write
+					first = false
+					close(entered)
+					<-release
+				}
+				return v, err
+			}
+			oldRead := make(chan string, 1)
+			go func() {
+				v, err := c.Get(ctx, "k", load)
+				oldRead <- fmt.Sprintf("%s, %v", v, err)
+			}()
+			<-entered // the first load has read "old" and is held
+
+			s.set("k", "new")
+			if err := c.Invalidate(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			// With the first load still held, a read that waited for it
+			// would end with rctx.
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			v, err := c.Get(rctx, "k", load)
+			cancel()
+			if err != nil || string(v) != "new" {
+				t.Fatalf("read right after Invalidate, during a load begun before the write = %q, %v; want new", v, err)
+			}
+
+			releaseOnce.Do(func() { close(release) })
+			if got := <-oldRead; got != "old, <nil>" {
+				t.Fatalf("the read that began before the write = %s; want old, <nil>", got)
+			}
+			for i := range 3 {
+				if v := get(t, c, s, "k"); v != "new" {
+					t.Fatalf("read %d after the old load returned = %q, want new (the old value was kept)", i+1, v)
+				}
+			}
+			if n := s.loads.Load(); n != 2 {
+				t.Fatalf("%d loads, want 2: the one before the write, and one after Invalidate whose value is kept", n)
+			}
+		})
+	}
+}
+
 // TestInvalidateReachesOtherProcesses: a value another process keeps in
 // memory (client-side caching) is dropped when the key is invalidated
 // through this one.

@@ -42,7 +42,8 @@
 //     Redis, which invalidates every process's copy; a load racing the
 //     invalidation does not write its possibly stale result (the lock it
 //     would replace is gone), and the invalidating process reads its own
-//     write at once.
+//     write at once: its reads do not wait for a load begun before the
+//     invalidation.
 //   - Redis slow, down or partitioned: every Redis call is bounded by
 //     timeout, and a circuit breaker (failsafe-go) stops calling Redis
 //     once calls fail, probing it again after breaker/open_for. Reads
