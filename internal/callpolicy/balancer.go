@@ -25,8 +25,10 @@ const forcePick = time.Second
 // minWarm is the share of its full weight a new instance starts with.
 const minWarm = 0.1
 
-// ErrAllOpen is wrapped by the error of a call whose upstream's instances
-// all have an open circuit breaker: the call is failed at once.
+// ErrAllOpen is wrapped by the error of a call whose upstream has no
+// instance to send it to although discovery named some. With every
+// breaker open a call is still sent to one of them (see
+// [balancer.pick]), so this is rare.
 var ErrAllOpen = errors.New("every instance is failing (circuit breakers open)")
 
 // errNoOther is wrapped when a retry finds no instance left that the call
@@ -137,6 +139,9 @@ type balancer struct {
 	settings atomic.Pointer[config.Calls]
 	snap     atomic.Pointer[snapshot]
 
+	// panics counts calls sent while every breaker was open.
+	panics prometheus.Counter
+
 	mu     sync.Mutex
 	byAddr map[string]*endpoint
 
@@ -194,7 +199,7 @@ type snapshot struct {
 }
 
 func newBalancer(service string, resolver discovery.Resolver, settings *config.Calls, m *metrics) *balancer {
-	b := &balancer{service: service, resolver: resolver, metrics: m, byAddr: map[string]*endpoint{}}
+	b := &balancer{service: service, resolver: resolver, metrics: m, byAddr: map[string]*endpoint{}, panics: m.panics.WithLabelValues(service)}
 	b.settings.Store(settings)
 	return b
 }
@@ -349,13 +354,33 @@ func (b *balancer) pick(tried []*endpoint, pref *Preference) (*endpoint, error) 
 	if e := pickAmong(eps, tried, &refused, now, settings.Balancer); e != nil {
 		return e, nil
 	}
-	switch {
-	case len(refused) > 0 && len(tried) == 0:
-		return nil, fmt.Errorf("%s: %w", b.service, ErrAllOpen)
-	case len(tried) > 0:
+	if len(tried) > 0 {
 		return nil, fmt.Errorf("%s: %w", b.service, errNoOther)
 	}
+	// Every instance's breaker is open. Refusing every call would turn
+	// "all instances look bad" into an outage without a try: panic, as
+	// Envoy does below its healthy-panic threshold, and send the call to
+	// one of them anyway, the one whose breaker opened longest ago.
+	if e := panicPick(eps); e != nil {
+		e.lastPick.Store(now.UnixNano())
+		e.picks.Inc()
+		b.panics.Inc()
+		return e, nil
+	}
 	return nil, fmt.Errorf("%s: %w", b.service, ErrAllOpen)
+}
+
+// panicPick returns the endpoint a call goes to when every breaker is
+// open: the one picked least recently, so that in panic the calls go
+// round all of them; nil when eps is empty.
+func panicPick(eps []*endpoint) *endpoint {
+	var pick *endpoint
+	for _, e := range eps {
+		if pick == nil || e.lastPick.Load() < pick.lastPick.Load() {
+			pick = e
+		}
+	}
+	return pick
 }
 
 // pickAmong chooses among eps as [balancer.pick] does, adding the
@@ -461,22 +486,42 @@ func better(a, c *endpoint, now time.Time, s config.Balancer) *endpoint {
 	return a
 }
 
-// record feeds an attempt of method to e, one of its endpoints: its
-// outcome to the endpoint's breaker and averages. Failed attempts
-// (unreachable, unavailable, timed out) count against the breaker, and
-// shed ones (resource_exhausted) only against the success average.
-// Canceled attempts (the caller went away, or a hedge won) say nothing of
-// the instance: they release the breaker's permit as a success and leave
-// the averages alone.
-func (b *balancer) record(e *endpoint, method string, rtt time.Duration, failed, shed, canceled bool, decay time.Duration) {
+// verdict is what an attempt says of the instance that took it.
+type verdict uint8
+
+const (
+	// verdictAnswered: the instance answered, with success or with an error of
+	// its own (a failing dependency's unavailable, say): it is alive.
+	verdictAnswered verdict = iota
+	// verdictRefused: the instance answered but declined the call
+	// (unavailable or resource_exhausted): it lowers the instance's
+	// success average only.
+	verdictRefused
+	// verdictSick: the instance could not be reached, reset the call or gave
+	// no answer before the attempt's deadline: evidence against the
+	// instance itself, for its breaker.
+	verdictSick
+	// verdictCanceled: the caller went away or another hedge won; it says
+	// nothing of the instance.
+	verdictCanceled
+)
+
+// record feeds an attempt of method to e, one of its endpoints. Only
+// attempts that say the instance itself is sick count against its
+// breaker: an instance that answers, even with unavailable because one
+// of its own dependencies is down, is alive, and taking it out would
+// fail its other methods too. Refused attempts lower its success
+// average, so the balancer prefers its peers. Canceled attempts release
+// the breaker's permit as a success and leave the averages alone.
+func (b *balancer) record(e *endpoint, method string, rtt time.Duration, v verdict, decay time.Duration) {
 	cb := e.breaker.Load().cb
-	if failed && !canceled {
+	if v == verdictSick {
 		cb.RecordFailure()
 	} else {
 		cb.RecordSuccess()
 	}
-	if !canceled {
-		e.observe(b.relative(method, rtt), !failed && !shed, decay)
+	if v != verdictCanceled {
+		e.observe(b.relative(method, rtt), v == verdictAnswered, decay)
 	}
 }
 

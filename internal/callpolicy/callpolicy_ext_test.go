@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/server"
+	"github.com/keelplatform/keel/internal/shed"
 )
 
 // Behaviours of a test instance.
@@ -32,6 +34,7 @@ const (
 	unavailable        // fail with unavailable
 	tear               // send part of a success, then die
 	hang               // wait for the caller's deadline
+	reset              // reset the call before answering anything
 )
 
 // instance is a loopback upstream serving the user contract whose
@@ -46,14 +49,22 @@ type instance struct {
 	// nature, as hashing a password is.
 	registerDelay atomic.Int64
 
-	mu        sync.Mutex
-	deadlines []time.Duration // time left the upstream saw, per call
-	ran       []time.Duration // how long each call ran before it ended
+	// getUserFails makes GetUser alone answer unavailable, as a method
+	// whose own dependency is down does.
+	getUserFails atomic.Bool
+
+	mu         sync.Mutex
+	deadlines  []time.Duration // time left the upstream saw, per call
+	ran        []time.Duration // how long each call ran before it ended
+	priorities []string        // the Keel-Priority header of each call
 }
 
 func (i *instance) GetUser(ctx context.Context, req *connect.Request[userv1.GetUserRequest]) (*connect.Response[userv1.GetUserResponse], error) {
 	if err := i.behave(ctx); err != nil {
 		return nil, err
+	}
+	if i.getUserFails.Load() {
+		return nil, connect.NewError(connect.CodeUnavailable, errors.New("a dependency of GetUser is down"))
 	}
 	return connect.NewResponse(&userv1.GetUserResponse{User: &userv1.User{Id: req.Msg.GetId(), DisplayName: i.addr}}), nil
 }
@@ -100,6 +111,12 @@ func startInstance(t *testing.T) *instance {
 	mux.Handle(userv1connect.NewUserServiceHandler(inst))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		inst.calls.Add(1)
+		inst.mu.Lock()
+		inst.priorities = append(inst.priorities, r.Header.Get(shed.PriorityHeader))
+		inst.mu.Unlock()
+		if inst.mode.Load() == reset {
+			panic(http.ErrAbortHandler)
+		}
 		if inst.mode.Load() == tear {
 			w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
 			w.Header().Set("Content-Length", "100")
@@ -216,9 +233,10 @@ func register(ctx context.Context, c userv1connect.UserServiceClient) error {
 }
 
 // TestFailingInstanceIsTakenOutAndProbedBackIn: one of two instances
-// starts failing. Idempotent callers see no error (their calls are sent
-// to the healthy one), the failing instance's breaker opens and it gets no
-// more calls, and once it recovers it is probed back in.
+// starts resetting every call, as a sick instance does. Idempotent
+// callers see no error (their calls are sent to the healthy one), the
+// failing instance's breaker opens and it gets no more calls, and once it
+// recovers it is probed back in.
 func TestFailingInstanceIsTakenOutAndProbedBackIn(t *testing.T) {
 	t.Parallel()
 	for name, opts := range protocols {
@@ -239,7 +257,7 @@ func TestFailingInstanceIsTakenOutAndProbedBackIn(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			bad.mode.Store(unavailable)
+			bad.mode.Store(reset)
 			calls := 0
 			eventually(t, 10*time.Second, "the failing instance's breaker to open", func() bool {
 				calls++
@@ -660,47 +678,183 @@ func TestHedgedReadGoesToAnotherInstance(t *testing.T) {
 
 // TestSettingsApplyToTheNextCall: call settings change while the process
 // runs, as configuration reloads do: turning retries off takes effect at
-// once.
+// once. Every call is steered to the failing instance first, so each one
+// succeeds only if it is retried on the other.
 func TestSettingsApplyToTheNextCall(t *testing.T) {
 	t.Parallel()
 	failing, live := startInstance(t), startInstance(t)
 	failing.mode.Store(unavailable)
 	registry := discovery.NewStatic()
-	ctx := context.Background()
-	for id, addr := range map[string]string{"a": failing.addr, "b": live.addr} {
-		_ = registry.Register(ctx, discovery.Instance{ID: id, Service: "user", Addr: addr})
+	ctx := callpolicy.WithPreference(context.Background(), callpolicy.Preference{Key: "name", Value: "failing"})
+	for name, addr := range map[string]string{"failing": failing.addr, "live": live.addr} {
+		_ = registry.Register(ctx, discovery.Instance{ID: name, Service: "user", Addr: addr, Meta: map[string]string{"name": name}})
 	}
 	calls := config.DefaultCalls()
-	calls.Breaker.Failures, calls.Breaker.Window = 1000, 1000 // keep the failing one in rotation
 	peers, err := client.New(registry, client.Options{Calls: &calls})
 	if err != nil {
 		t.Fatal(err)
 	}
 	users := client.Connect(peers, "user", userv1connect.NewUserServiceClient)
 	countFailures := func() (failed int) {
-		var wg sync.WaitGroup
-		var n atomic.Int64
-		for range 4 {
-			wg.Go(func() {
-				for range 25 {
-					if getUser(ctx, users) != nil {
-						n.Add(1)
-					}
-				}
-			})
+		for range 10 {
+			if getUser(ctx, users) != nil {
+				failed++
+			}
 		}
-		wg.Wait()
-		return int(n.Load())
+		return failed
 	}
 	if failed := countFailures(); failed != 0 {
-		t.Fatalf("%d calls failed with retries on", failed)
+		t.Fatalf("%d of 10 calls failed with retries on", failed)
 	}
+	before := failing.calls.Load()
 	calls.Retry.MaxAttempts = 1
 	peers.SetSettings(calls)
-	before := failing.calls.Load()
-	failed := countFailures()
-	if failing.calls.Load() > before && failed == 0 {
-		t.Fatalf("retries still on after max_attempts became 1: the failing instance got %d calls, none failed", failing.calls.Load()-before)
+	if failed := countFailures(); failed != 10 {
+		t.Fatalf("%d of 10 calls failed after max_attempts became 1, want every one: they are not retried", failed)
+	}
+	if got := failing.calls.Load() - before; got != 10 {
+		t.Fatalf("the failing instance got %d of 10 calls; the preference should send it each one", got)
+	}
+}
+
+// TestInstanceThatAnswersIsNotTakenOut: an instance that answers
+// unavailable for one method, because a dependency of that method is
+// down, is alive: its breaker stays closed, and its other methods go on
+// being served by it. Only that method is throttled.
+func TestInstanceThatAnswersIsNotTakenOut(t *testing.T) {
+	t.Parallel()
+	a, b := startInstance(t), startInstance(t)
+	a.getUserFails.Store(true)
+	b.getUserFails.Store(true)
+	settings := config.DefaultCalls()
+	settings.Breaker = config.Breaker{Failures: 3, Window: 5, OpenFor: time.Minute, Probes: 2}
+	settings.Throttle.MinCalls = 10
+	users, reg := peersOf(t, settings, nil, a.addr, b.addr)
+	ctx := context.Background()
+	for range 100 {
+		if err := getUser(ctx, users); connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Fatalf("GetUser with its dependency down: %v, want unavailable", err)
+		}
+	}
+	for _, addr := range []string{a.addr, b.addr} {
+		if v, ok := gauge(t, reg, "keel_client_breaker_state", map[string]string{"instance": addr}); !ok || v != 0 {
+			t.Fatalf("breaker of %s is %v (found %v) after answers of unavailable, want closed (0)", addr, v, ok)
+		}
+	}
+	if v, _ := gauge(t, reg, "keel_client_throttled_total", map[string]string{"service": "user"}); v == 0 {
+		t.Fatal("no GetUser call was throttled, though nearly all failed")
+	}
+	before := a.calls.Load() + b.calls.Load()
+	for i := range 50 {
+		if err := register(ctx, users); err != nil {
+			t.Fatalf("Register %d, a method whose dependencies are fine: %v", i, err)
+		}
+	}
+	if got := a.calls.Load() + b.calls.Load() - before; got != 50 {
+		t.Fatalf("the instances got %d of 50 Register calls", got)
+	}
+}
+
+// TestThrottleRefusesLocallyAndRecovers: when every call to an upstream
+// fails, the client-side throttle refuses most calls without sending
+// them; once the upstream recovers, calls go through again.
+func TestThrottleRefusesLocallyAndRecovers(t *testing.T) {
+	t.Parallel()
+	inst := startInstance(t)
+	settings := config.DefaultCalls()
+	settings.Retry.MaxAttempts = 1
+	settings.Throttle = config.Throttle{FailureRate: 0.5, MinCalls: 10, Window: time.Second, MaxRejectionRate: 0.9}
+	users, reg := peersOf(t, settings, nil, inst.addr)
+	ctx := context.Background()
+	inst.mode.Store(unavailable)
+	before := inst.calls.Load()
+	throttled := 0
+	for range 200 {
+		err := getUser(ctx, users)
+		if err == nil {
+			t.Fatal("a call succeeded while the upstream failed every one")
+		}
+		if errors.Is(err, callpolicy.ErrThrottled) {
+			throttled++
+		}
+	}
+	sent := inst.calls.Load() - before
+	if throttled < 100 || sent+int64(throttled) != 200 {
+		t.Fatalf("200 calls to a failing upstream: %d throttled, %d sent; want most refused locally and the rest sent", throttled, sent)
+	}
+	if v, _ := gauge(t, reg, "keel_client_throttled_total", map[string]string{"service": "user"}); int(v) != throttled {
+		t.Fatalf("keel_client_throttled_total is %v, want %d", v, throttled)
+	}
+	inst.mode.Store(answer)
+	ok := 0
+	eventually(t, 10*time.Second, "calls to go through after the upstream recovered", func() bool {
+		if getUser(ctx, users) == nil {
+			ok++
+		} else {
+			ok = 0
+		}
+		return ok == 50
+	})
+}
+
+// TestEveryBreakerOpenStillTries: with the only instance's breaker open,
+// calls are still sent to it (panic routing) rather than refused
+// unsent, so an upstream that recovers is served at once, not after the
+// breaker's open_for.
+func TestEveryBreakerOpenStillTries(t *testing.T) {
+	t.Parallel()
+	inst := startInstance(t)
+	settings := config.DefaultCalls()
+	settings.Breaker = config.Breaker{Failures: 2, Window: 2, OpenFor: time.Hour, Probes: 1}
+	settings.Throttle.MinCalls = 1000
+	users, reg := peersOf(t, settings, nil, inst.addr)
+	ctx := context.Background()
+	inst.mode.Store(reset)
+	for range 5 {
+		if err := getUser(ctx, users); err == nil {
+			t.Fatal("a call to an instance resetting every call succeeded")
+		}
+	}
+	if v, _ := gauge(t, reg, "keel_client_breaker_state", map[string]string{"instance": inst.addr}); v != 2 {
+		t.Fatalf("breaker state %v after resets, want open (2)", v)
+	}
+	inst.mode.Store(answer)
+	before := inst.calls.Load()
+	for i := range 10 {
+		if err := getUser(ctx, users); err != nil {
+			t.Fatalf("call %d after the instance recovered, its breaker open for an hour: %v", i, err)
+		}
+	}
+	if got := inst.calls.Load() - before; got != 10 {
+		t.Fatalf("the instance got %d of 10 calls", got)
+	}
+	if v, _ := gauge(t, reg, "keel_client_panic_picks_total", map[string]string{"service": "user"}); v < 10 {
+		t.Fatalf("keel_client_panic_picks_total is %v, want at least 10", v)
+	}
+}
+
+// TestLowPriorityTravelsDownstream: a call made while handling a
+// low-priority call is low priority at the next service too, so that a
+// saturated peer sheds it first; other calls carry no priority.
+func TestLowPriorityTravelsDownstream(t *testing.T) {
+	t.Parallel()
+	for name, opts := range protocols {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			inst := startInstance(t)
+			users, _ := peersOf(t, config.DefaultCalls(), opts, inst.addr)
+			if err := getUser(shed.WithLow(context.Background()), users); err != nil {
+				t.Fatal(err)
+			}
+			if err := getUser(context.Background(), users); err != nil {
+				t.Fatal(err)
+			}
+			inst.mu.Lock()
+			defer inst.mu.Unlock()
+			if want := []string{shed.Low, ""}; !slices.Equal(inst.priorities, want) {
+				t.Fatalf("priorities seen upstream %q, want %q", inst.priorities, want)
+			}
+		})
 	}
 }
 

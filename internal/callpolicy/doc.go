@@ -17,10 +17,18 @@
 //     and success (go-zero's p2c_ewma), a new instance warming in over
 //     calls/balancer/slow_start; see [Balancer];
 //   - passes each instance through its own circuit breaker
-//     (failsafe-go circuitbreaker): an instance whose attempts keep
-//     failing or timing out is taken out and probed back in;
-//   - throttles a whole upstream whose calls mostly fail (failsafe-go
-//     adaptivethrottler, the client-side throttling of Google's SRE book);
+//     (failsafe-go circuitbreaker), fed only with what says the instance
+//     itself is sick: it cannot be reached, it resets calls, it gives no
+//     answer in time. An instance that answers, even unavailable because
+//     a dependency of one method is down, is alive and stays in; its
+//     refusals only lower its score. When every instance's breaker is
+//     open, calls are sent to them anyway (panic routing, as Envoy does
+//     below its healthy-panic threshold) rather than all refused unsent;
+//   - throttles each method of an upstream whose calls mostly fail
+//     (failsafe-go adaptivethrottler, the client-side throttling of
+//     Google's SRE book), keyed by method as go-zero keys its breakers,
+//     so one method failing for a dependency's sake leaves the others
+//     alone;
 //   - retries (failsafe-go retrypolicy, exponential backoff with jitter)
 //     only on unavailable, or resource_exhausted with a retry hint, only
 //     calls that are idempotent by contract or never reached a server,

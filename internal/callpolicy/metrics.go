@@ -15,6 +15,7 @@ type metrics struct {
 	exhausted    *prometheus.CounterVec
 	hedges       *prometheus.CounterVec
 	throttled    *prometheus.CounterVec
+	panics       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,13 +42,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"service"}),
 		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keel_client_throttled_total",
-			Help: "Calls rejected locally because their upstream was failing (client-side throttling), by logical service.",
+			Help: "Calls rejected locally because their method at the upstream was failing (client-side throttling), by logical service.",
+		}, []string{"service"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keel_client_panic_picks_total",
+			Help: "Attempts sent to an instance although every instance's breaker was open (panic routing), by logical service.",
 		}, []string{"service"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.picks, m.breakerState, m.retries, m.exhausted, m.hedges, m.throttled} {
+	for _, c := range []prometheus.Collector{m.picks, m.breakerState, m.retries, m.exhausted, m.hedges, m.throttled, m.panics} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -66,13 +66,39 @@ type upstream struct {
 }
 
 // policy is the failsafe-go executors of one upstream under one version
-// of the settings.
+// of the settings: a throttle per method, behind which all of the
+// upstream's methods share one retry policy and its budget.
 type policy struct {
 	settings *config.Calls
 	timeout  time.Duration
-	plain    failsafe.Executor[*outcome]
-	hedged   map[string]failsafe.Executor[*outcome] // by method name
+	retries  retrypolicy.RetryPolicy[*outcome]
+	// hedgeBudget is shared by the hedges of every method.
+	hedgeBudget *Budget
+	hedges      prometheus.Counter
+
+	// methods holds each method's executor (*methodPolicy), built on its
+	// first call; at most maxThrottled, the rest share other.
+	methods sync.Map
+	nMethod atomic.Int64
+	other   methodPolicy
 }
+
+// methodPolicy is the executor of one method's calls: its own throttle,
+// so that a method failing because of a dependency of the upstream's
+// (an order view while the order service is down) is throttled alone,
+// and the upstream's other methods go on as usual (go-zero keys its
+// breakers by method for the same reason).
+type methodPolicy struct {
+	once sync.Once
+	exec failsafe.Executor[*outcome]
+	// hedged is set for a side-effect-free method named in calls/hedge.
+	hedged bool
+}
+
+// maxThrottled bounds the methods of an upstream with a throttle of their
+// own; calls to methods beyond it (a caller inventing procedure names)
+// share one.
+const maxThrottled = 1024
 
 // NewTransport returns a transport resolving services through resolver,
 // under settings, with its metrics (keel_client_*) registered in reg
@@ -164,18 +190,9 @@ func (t *Transport) upstream(service string) *upstream {
 	return u
 }
 
-// newPolicy builds the executors of u under s.
+// newPolicy builds the policy of u under s; its methods' executors are
+// built on their first calls.
 func (t *Transport) newPolicy(u *upstream, s *config.Calls) *policy {
-	throttle := adaptivethrottler.NewBuilder[*outcome]().
-		HandleIf(func(o *outcome, err error) bool {
-			if o != nil {
-				return o.overloaded()
-			}
-			return err != nil && !errors.Is(err, context.Canceled)
-		}).
-		WithFailureRateThreshold(s.Throttle.FailureRate, uint(s.Throttle.MinCalls), s.Throttle.Window).
-		WithMaxRejectionRate(s.Throttle.MaxRejectionRate).
-		Build()
 	retry := retrypolicy.NewBuilder[*outcome]().
 		HandleIf(func(o *outcome, _ error) bool { return o != nil && o.retryable }).
 		WithMaxAttempts(s.Retry.MaxAttempts).
@@ -188,24 +205,61 @@ func (t *Transport) newPolicy(u *upstream, s *config.Calls) *policy {
 			retry = retry.WithJitterFactor(s.Retry.Jitter)
 		}
 	}
-	retries := retry.Build()
 	p := &policy{
 		settings: s,
 		timeout:  s.TimeoutFor(u.name),
-		plain:    failsafe.With[*outcome](throttle, retries),
+		retries:  retry.Build(),
+		hedges:   u.hedges,
 	}
 	if len(s.Hedge) > 0 {
-		hedgeBudget := NewBudget(s.Retry.BudgetRatio, s.Retry.BudgetMinPerSecond, s.Retry.BudgetWindow, u.exhausted.Inc)
-		p.hedged = make(map[string]failsafe.Executor[*outcome], len(s.Hedge))
-		for name, delay := range s.Hedge {
-			hedge := hedgepolicy.NewBuilderWithDelay[*outcome](delay).
-				WithBudget(hedgeBudget).
-				OnHedge(func(failsafe.ExecutionEvent[*outcome]) { u.hedges.Inc() }).
-				Build()
-			p.hedged[name] = failsafe.With[*outcome](throttle, retries, hedge)
-		}
+		p.hedgeBudget = NewBudget(s.Retry.BudgetRatio, s.Retry.BudgetMinPerSecond, s.Retry.BudgetWindow, u.exhausted.Inc)
 	}
 	return p
+}
+
+// method returns the policy of m's calls, building it on first use.
+func (p *policy) method(m Method) *methodPolicy {
+	var mp *methodPolicy
+	if v, ok := p.methods.Load(m.Name); ok {
+		mp = v.(*methodPolicy)
+	} else if p.nMethod.Load() >= maxThrottled {
+		mp = &p.other
+	} else {
+		v, loaded := p.methods.LoadOrStore(m.Name, &methodPolicy{})
+		if !loaded {
+			p.nMethod.Add(1)
+		}
+		mp = v.(*methodPolicy)
+	}
+	mp.once.Do(func() { p.build(mp, m) })
+	return mp
+}
+
+// build makes mp's executor for m: a throttle of its own, the
+// upstream's retries and, for a read-only method named in calls/hedge,
+// hedging.
+func (p *policy) build(mp *methodPolicy, m Method) {
+	s := p.settings
+	throttle := adaptivethrottler.NewBuilder[*outcome]().
+		HandleIf(func(o *outcome, err error) bool {
+			if o != nil {
+				return o.overloaded()
+			}
+			return err != nil && !errors.Is(err, context.Canceled)
+		}).
+		WithFailureRateThreshold(s.Throttle.FailureRate, uint(s.Throttle.MinCalls), s.Throttle.Window).
+		WithMaxRejectionRate(s.Throttle.MaxRejectionRate).
+		Build()
+	if delay, ok := s.Hedge[m.Name]; ok && m.ReadOnly && mp != &p.other {
+		hedge := hedgepolicy.NewBuilderWithDelay[*outcome](delay).
+			WithBudget(p.hedgeBudget).
+			OnHedge(func(failsafe.ExecutionEvent[*outcome]) { p.hedges.Inc() }).
+			Build()
+		mp.exec = failsafe.With[*outcome](throttle, p.retries, hedge)
+		mp.hedged = true
+		return
+	}
+	mp.exec = failsafe.With[*outcome](throttle, p.retries)
 }
 
 // RoundTrip implements [http.RoundTripper]. It sends req to an instance
@@ -285,23 +339,20 @@ type call struct {
 
 func (t *Transport) unary(ctx context.Context, u *upstream, p *policy, req *http.Request, m Method) (*http.Response, error) {
 	c := &call{t: t, u: u, p: p, req: req, m: m, h1: connectUnary(req), pref: preferenceOf(req.Context())}
-	exec := p.plain
-	if m.ReadOnly && p.hedged != nil {
-		if h, ok := p.hedged[m.Name]; ok {
-			exec = h
-			c.hedging = true
-			if req.Body != nil && req.Body != http.NoBody {
-				// Attempts read the body at the same time: read it once.
-				buf, err := io.ReadAll(req.Body)
-				_ = req.Body.Close()
-				if err != nil {
-					return nil, fmt.Errorf("%s: read request body: %w", u.name, err)
-				}
-				c.buf = buf
+	mp := p.method(m)
+	if mp.hedged {
+		c.hedging = true
+		if req.Body != nil && req.Body != http.NoBody {
+			// Attempts read the body at the same time: read it once.
+			buf, err := io.ReadAll(req.Body)
+			_ = req.Body.Close()
+			if err != nil {
+				return nil, fmt.Errorf("%s: read request body: %w", u.name, err)
 			}
+			c.buf = buf
 		}
 	}
-	o, err := exec.WithContext(ctx).GetWithExecution(c.attempt)
+	o, err := mp.exec.WithContext(ctx).GetWithExecution(c.attempt)
 	c.mu.Lock()
 	c.done = true
 	if o == nil {
@@ -386,7 +437,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 	case exec.Attempts() > 1 && c.req.GetBody != nil:
 		body, err := c.req.GetBody()
 		if err != nil {
-			c.u.balancer.record(ep, c.req.URL.Path, 0, false, false, true, c.p.settings.Balancer.Decay)
+			c.u.balancer.record(ep, c.req.URL.Path, 0, verdictCanceled, c.p.settings.Balancer.Decay)
 			o := &outcome{ep: ep, err: fmt.Errorf("replay request body: %w", err), code: connect.CodeInternal}
 			c.keep(o)
 			return o, nil
@@ -394,7 +445,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 		out.Body = body
 	}
 	if !setTimeout(out.Header, ctx) {
-		c.u.balancer.record(ep, c.req.URL.Path, 0, false, false, true, c.p.settings.Balancer.Decay)
+		c.u.balancer.record(ep, c.req.URL.Path, 0, verdictCanceled, c.p.settings.Balancer.Decay)
 		o := &outcome{ep: ep, err: context.DeadlineExceeded, code: connect.CodeDeadlineExceeded, notSent: true}
 		c.keep(o)
 		return o, nil
@@ -449,8 +500,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 		o.code = rpcstatus.Of(res, body.Bytes())
 		_, o.hinted = rpcstatus.RetryAfter(res)
 	}
-	failed := o.code == connect.CodeUnavailable || o.code == connect.CodeDeadlineExceeded
-	c.u.balancer.record(ep, c.req.URL.Path, rtt, failed, o.code == connect.CodeResourceExhausted, canceled, c.p.settings.Balancer.Decay)
+	c.u.balancer.record(ep, c.req.URL.Path, rtt, verdictOf(o, canceled), c.p.settings.Balancer.Decay)
 
 	safe := o.notSent || c.m.Idempotent &&
 		(o.code == connect.CodeUnavailable || o.code == connect.CodeResourceExhausted && o.hinted ||
@@ -458,6 +508,21 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 	o.retryable = safe && !canceled && c.u.balancer.hasUntried(c.triedNow())
 	c.keep(o)
 	return o, nil
+}
+
+// verdictOf is what an attempt's outcome says of its instance: only an
+// attempt that got no answer (unreachable, reset, timed out) says it is
+// sick; an answer of unavailable or resource_exhausted says it declined.
+func verdictOf(o *outcome, canceled bool) verdict {
+	switch {
+	case canceled:
+		return verdictCanceled
+	case o.err != nil && o.body == nil:
+		return verdictSick
+	case o.code == connect.CodeUnavailable || o.code == connect.CodeResourceExhausted:
+		return verdictRefused
+	}
+	return verdictAnswered
 }
 
 // triedNow returns the endpoints the call has tried so far.
@@ -534,7 +599,7 @@ func (t *Transport) stream(ctx context.Context, cancel context.CancelFunc, u *up
 		url.Host = ep.addr
 		out.URL = &url
 		if !setTimeout(out.Header, ctx) {
-			u.balancer.record(ep, req.URL.Path, 0, false, false, true, decay)
+			u.balancer.record(ep, req.URL.Path, 0, verdictCanceled, decay)
 			cancel()
 			return nil, fmt.Errorf("%s: %w", u.name, context.DeadlineExceeded)
 		}
@@ -543,15 +608,18 @@ func (t *Transport) stream(ctx context.Context, cancel context.CancelFunc, u *up
 		res, err := t.h2c.RoundTrip(withConnTime(out, &start))
 		if err != nil {
 			ep.inflight.Add(-1)
-			canceled := ctx.Err() != nil
-			u.balancer.record(ep, req.URL.Path, time.Since(start), true, false, canceled, decay)
-			if isDialError(err) && !canceled && len(tried) < p.settings.Retry.MaxAttempts {
+			v := verdictSick
+			if ctx.Err() != nil {
+				v = verdictCanceled
+			}
+			u.balancer.record(ep, req.URL.Path, time.Since(start), v, decay)
+			if isDialError(err) && v != verdictCanceled && len(tried) < p.settings.Retry.MaxAttempts {
 				continue // never reached the instance: the body is untouched
 			}
 			cancel()
 			return nil, attemptError(u.name, &outcome{ep: ep, err: err, code: connect.CodeUnavailable}, ctx)
 		}
-		u.balancer.record(ep, req.URL.Path, time.Since(start), false, false, false, decay)
+		u.balancer.record(ep, req.URL.Path, time.Since(start), verdictAnswered, decay)
 		if r := reportOf(req.Context()); r != nil {
 			r.Instance, r.Attempts = ep.addr, len(tried)
 		}

@@ -28,7 +28,8 @@ type Calls struct {
 	Retry Retry `yaml:"retry"`
 	// Breaker takes a failing instance out of rotation and probes it back.
 	Breaker Breaker `yaml:"breaker"`
-	// Throttle sheds calls locally to an upstream whose calls mostly fail.
+	// Throttle sheds calls locally to a method of an upstream whose calls
+	// mostly fail.
 	Throttle Throttle `yaml:"throttle"`
 	// Balancer picks an instance for each attempt.
 	Balancer Balancer `yaml:"balancer"`
@@ -73,8 +74,10 @@ type Retry struct {
 }
 
 // Breaker is the circuit breaker of each upstream instance: an instance
-// whose attempts fail (unreachable, unavailable, internal, timed out) is
-// taken out of rotation, then probed back in.
+// whose attempts get no answer (unreachable, reset, timed out) is taken
+// out of rotation, then probed back in. Answers, errors included, say the
+// instance is alive and never open it. With every instance's breaker open
+// calls are sent anyway (panic routing).
 type Breaker struct {
 	// Failures out of the last Window attempts open the breaker, 1 to
 	// Window. Default 5.
@@ -90,8 +93,8 @@ type Breaker struct {
 	Probes int `yaml:"probes"`
 }
 
-// Throttle is the client-side throttle of a whole upstream (the adaptive
-// throttling of Google's SRE book): when calls to it fail more than
+// Throttle is the client-side throttle of each method of an upstream (the
+// adaptive throttling of Google's SRE book): when calls to it fail more than
 // FailureRate over Window, calls are rejected locally with a probability
 // that grows with the failures, up to MaxRejectionRate, so a failing
 // upstream is not buried under calls.
