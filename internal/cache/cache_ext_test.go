@@ -260,6 +260,11 @@ func TestFilterRejectsAbsentIDs(t *testing.T) {
 					t.Fatalf("MayContain(%s) = false for an id that exists", id)
 				}
 			}
+			// Rejected, and with Redis that answer is kept in process
+			// memory: the Add must reach it.
+			if f.MayContain(ctx, "new-item") {
+				t.Fatal("the filter lets new-item through before it is added; pick another id")
+			}
 			if err := f.Add(ctx, "new-item"); err != nil {
 				t.Fatal(err)
 			}
@@ -789,10 +794,205 @@ func TestFilterAddWhileRedisDown(t *testing.T) {
 	if err := fa.Add(ctx, "created-during-partition"); err == nil {
 		t.Fatal("Add with Redis cut off returned nil")
 	}
+	if !fa.MayContain(ctx, "created-during-partition") {
+		t.Fatal("the adding process rejects the id it added during the partition")
+	}
 	p.heal()
+	if !fa.MayContain(ctx, "created-during-partition") {
+		t.Fatal("the adding process rejects the id it added during the partition, once healed")
+	}
 	eventually(t, 10*time.Second, "the other process's filter still rejects the id added during the partition", func() bool {
 		return fo.MayContain(ctx, "created-during-partition")
 	})
+}
+
+// denyFilterWrites makes the cache processes that b makes from now on
+// log in to Redis as a user that may do everything but set filter bits
+// (BITFIELD; BITFIELD_RO, which reads them, is allowed), so Redis fails
+// their filter adds while it answers everything else. allow gives the
+// user BITFIELD back.
+func denyFilterWrites(t *testing.T, b *backend) (allow func()) {
+	t.Helper()
+	rc := redisClient(t, b.redis)
+	acl := func(rules ...string) {
+		t.Helper()
+		if err := rc.Do(context.Background(), rc.B().AclSetuser().Username("svc").Rule(rules...).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acl("on", ">secret", "~*", "&*", "+@all", "-bitfield")
+	t.Setenv("KEEL_REDIS_USERNAME", "svc")
+	t.Setenv("KEEL_REDIS_PASSWORD", "secret")
+	return func() { acl("+bitfield") }
+}
+
+// TestFilterFailedAddIsNotRejected: Redis fails one Add (the breaker
+// stays closed, and Redis answers reads); until Redis has the id, the
+// adding process's filter lets every id through, that one first, while
+// another process, which cannot know of the add, still rejects it. Once
+// Redis takes the write, which the adding process retries by itself,
+// every process lets the id through and absent ids are rejected again.
+func TestFilterFailedAddIsNotRejected(t *testing.T) {
+	b := newBackend(t, "redis")
+	ctx := context.Background()
+	fc := cache.FilterConfig{ExpectedItems: 1000, FalsePositiveRate: 0.0001}
+	other := b.cache(t, nil, nil)
+	fo, err := other.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fo.Rebuild(ctx, cache.IDs([]string{"old"})); err != nil {
+		t.Fatal(err)
+	}
+	allow := denyFilterWrites(t, b)
+	reg := prometheus.NewRegistry()
+	a := b.cache(t, nil, reg)
+	fa, err := a.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const id, absent = "registered-just-now", "never-added"
+	for _, f := range []*cache.Filter{fa, fo} {
+		if f.MayContain(ctx, id) || f.MayContain(ctx, absent) || !f.MayContain(ctx, "old") {
+			t.Fatal("the built filter does not reject the ids that are not added yet; pick others")
+		}
+	}
+
+	if err := fa.Add(ctx, id); err == nil {
+		t.Fatal("Add that Redis refused returned nil")
+	}
+	if !fa.MayContain(ctx, id) {
+		t.Fatal("MayContain right after an Add Redis missed = false in the adding process, want true")
+	}
+	if !fa.MayContain(ctx, absent) {
+		t.Fatal("MayContain(an absent id) while an add waits for Redis = false, want true (fail open)")
+	}
+	if state := metric(t, reg, "keel_cache_breaker_state", "cache", "test"); state != 0 {
+		t.Fatalf("breaker state %g after one failed add, want closed (0): the test is of a single failure", state)
+	}
+	if fo.MayContain(ctx, id) {
+		t.Fatal("the other process lets the id through: Redis has it, the test wants Redis to have missed the add")
+	}
+
+	allow()
+	eventually(t, 10*time.Second, "the add never reached Redis", func() bool { return fo.MayContain(ctx, id) })
+	eventually(t, 10*time.Second, "the adding process lets absent ids through after its add reached Redis", func() bool {
+		return !fa.MayContain(ctx, absent)
+	})
+	if !fa.MayContain(ctx, id) || !fo.MayContain(ctx, id) {
+		t.Fatal("a filter rejects the added id once Redis has it")
+	}
+}
+
+// TestFilterTooManyFailedAdds: when more adds than are kept wait for
+// Redis, the filter is marked unbuilt as soon as Redis takes writes; it
+// lets every id through meanwhile in the adding process, and afterwards
+// in every process, until it is rebuilt.
+func TestFilterTooManyFailedAdds(t *testing.T) {
+	b := newBackend(t, "redis")
+	ctx := context.Background()
+	fc := cache.FilterConfig{ExpectedItems: 100_000, FalsePositiveRate: 0.0001}
+	other := b.cache(t, nil, nil)
+	fo, err := other.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fo.Rebuild(ctx, cache.IDs([]string{"old"})); err != nil {
+		t.Fatal(err)
+	}
+	allow := denyFilterWrites(t, b)
+	a := b.cache(t, nil, nil)
+	fa, err := a.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, 20_000) // more bits than wait for Redis
+	for i := range ids {
+		ids[i] = "new-" + strconv.Itoa(i)
+	}
+	if fa.MayContain(ctx, ids[0]) {
+		t.Fatal("the built filter lets an id through before it is added; pick others")
+	}
+	if err := fa.Add(ctx, ids...); err == nil {
+		t.Fatal("Add that Redis refused returned nil")
+	}
+	for _, id := range []string{ids[0], ids[len(ids)-1], "absent"} {
+		if !fa.MayContain(ctx, id) {
+			t.Fatalf("MayContain(%s) = false while the filter waits to be marked unbuilt, want true", id)
+		}
+	}
+	allow()
+	eventually(t, 10*time.Second, "the other process's filter was never marked unbuilt", func() bool {
+		return fo.MayContain(ctx, ids[0]) && fo.MayContain(ctx, "absent")
+	})
+	if !fa.MayContain(ctx, "absent") {
+		t.Fatal("the adding process rejects ids after its filter was marked unbuilt")
+	}
+	if err := fo.Rebuild(ctx, cache.IDs(append(ids, "old"))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the rebuilt filter does not answer from its ids", func() bool {
+		return !fa.MayContain(ctx, "absent") && fa.MayContain(ctx, ids[0])
+	})
+}
+
+// TestFilterFailsOpenWhileRedisDown: with Redis hung or killed, once a
+// call has failed, a built filter lets every id through, the ids it
+// rejected before too (their answers are kept in process memory, which
+// Redis cannot keep up to date meanwhile); it rejects absent ids again
+// once Redis answers.
+func TestFilterFailsOpenWhileRedisDown(t *testing.T) {
+	b := newBackend(t, "redis")
+	reg := prometheus.NewRegistry()
+	c := b.cache(t, func(cfg *cache.Config) {
+		cfg.Timeout = 50 * time.Millisecond
+		cfg.Breaker.OpenFor = 50 * time.Millisecond
+	}, reg)
+	ctx := context.Background()
+	f, err := c.NewFilter("ids", cache.FilterConfig{ExpectedItems: 1000, FalsePositiveRate: 0.0001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Rebuild(ctx, cache.IDs([]string{"a"})); err != nil {
+		t.Fatal(err)
+	}
+	absent := func() bool {
+		for i := range 20 {
+			if f.MayContain(ctx, "absent-"+strconv.Itoa(i)) {
+				return false
+			}
+		}
+		return true
+	}
+	letsThrough := func(what string) {
+		t.Helper()
+		for i := range 20 {
+			if !f.MayContain(ctx, "absent-"+strconv.Itoa(i)) {
+				t.Fatalf("MayContain(absent-%d) = false with Redis %s, want true", i, what)
+			}
+		}
+	}
+	if !absent() {
+		t.Fatal("the built filter lets absent ids through; pick others")
+	}
+
+	b.redis.Pause()
+	if !f.MayContain(ctx, "not-asked-before") {
+		t.Fatal("MayContain(an id not asked before) = false with Redis hung, want true")
+	}
+	letsThrough("hung")
+	b.redis.Resume()
+	eventually(t, 10*time.Second, "the filter never rejected absent ids again after Redis resumed", absent)
+
+	b.redis.Kill()
+	if !f.MayContain(ctx, "not-asked-before-either") {
+		t.Fatal("MayContain(an id not asked before) = false with Redis killed, want true")
+	}
+	letsThrough("killed")
+	eventually(t, 10*time.Second, "the breaker never opened with Redis killed", func() bool {
+		return metric(t, reg, "keel_cache_breaker_state", "cache", "test") == 2
+	})
+	letsThrough("killed and the breaker open")
 }
 
 // cutProxy forwards TCP connections to a server until cut: then it

@@ -18,10 +18,14 @@ import (
 // Create it with [Cache.NewFilter].
 //
 // A filter that was never built ([Filter.Rebuild]) lets every id through,
-// and so does one whose store is out of reach or was lost (a Redis
-// restart without persistence): a filter may let absent ids through, but
-// never rejects one that exists, provided every id created after the
-// rebuild started is [Filter.Add]ed.
+// and so does one whose store is out of reach, fails, or was lost (a
+// Redis restart without persistence), and, in the process that added
+// them, one whose store has not taken ids [Filter.Add]ed yet: a filter
+// may let absent ids through, but never rejects one that exists,
+// provided every id created after the rebuild started is added. Across
+// processes sharing Redis this holds for every Add that returned nil; an
+// id whose Add returned an error may be rejected by the other processes
+// until Redis has taken it, which this process retries on its own.
 type Filter struct {
 	cache *Cache
 	name  string
@@ -58,10 +62,15 @@ func (c *Cache) NewFilter(name string, cfg FilterConfig) (*Filter, error) {
 }
 
 // Add records ids as existing; call it when an id is created, after the
-// database committed it. When Redis cannot be reached the ids are
-// written once it is back, and Add returns an error saying so; if too
-// many pile up, the filter is marked unbuilt instead (it then lets every
-// id through until the next [Filter.Rebuild]).
+// database committed it. Once Add returns nil the ids are in Redis, and
+// every process sharing the filter lets them through (another process
+// once Redis's invalidation of its copy reaches it). When Redis cannot
+// be reached, or fails the write, the ids are written once it answers,
+// and Add returns an error saying so; if too many pile up, the filter is
+// marked unbuilt instead (it then lets every id through until the next
+// [Filter.Rebuild]). Until then this process's filter lets every id
+// through, so it never rejects the ids it added, but other processes may
+// reject them.
 func (f *Filter) Add(ctx context.Context, ids ...string) error {
 	var pos []uint64
 	for _, id := range ids {
@@ -78,7 +87,8 @@ func (f *Filter) Add(ctx context.Context, ids ...string) error {
 
 // MayContain reports whether id may exist: false means it certainly
 // does not (it was not added since the filter was built), true that it
-// may. It answers true when the filter cannot be read.
+// may. It answers true when the filter cannot be read, and while ids
+// this process added wait to be written to Redis.
 func (f *Filter) MayContain(ctx context.Context, id string) bool {
 	var buf [32]uint64
 	ok, err := f.bits.test(ctx, f.geo.positions(id, buf[:0]))

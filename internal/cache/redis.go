@@ -91,11 +91,22 @@ type redisStore struct {
 	recent  sync.Map
 	nRecent atomic.Int64
 
-	mu           sync.Mutex
-	pendingDels  map[string]struct{}
-	pendingBits  map[string][]uint64 // filter key -> positions to set
-	nPending     int
-	lostFilters  map[string]bool // filter keys that lost bits: mark them unbuilt
+	// failing is whether the last call that reached for Redis failed:
+	// copies in process memory may be stale, since Redis may not reach
+	// this process either.
+	failing atomic.Bool
+
+	mu          sync.Mutex
+	pendingDels map[string]struct{}
+	pendingBits map[string][]uint64 // filter key -> positions to set
+	nPending    int
+	lostFilters map[string]bool // filter keys that lost bits: mark them unbuilt
+	// flushing holds the filter keys whose queued bits (or unbuilt mark)
+	// flush is writing now: like pendingBits, not in Redis yet.
+	flushing map[string]bool
+	// filtersWait is whether any filter key is in pendingBits,
+	// lostFilters or flushing, so filter reads skip mu while none is.
+	filtersWait  atomic.Bool
 	wake         chan struct{}
 	done         chan struct{}
 	maintainDone chan struct{}
@@ -113,6 +124,7 @@ func newRedisStore(ctx context.Context, cfg Config, name string, m *metrics, log
 		pendingDels:  map[string]struct{}{},
 		pendingBits:  map[string][]uint64{},
 		lostFilters:  map[string]bool{},
+		flushing:     map[string]bool{},
 		wake:         make(chan struct{}, 1),
 		done:         make(chan struct{}),
 		maintainDone: make(chan struct{}),
@@ -242,17 +254,22 @@ func (r *redisStore) begin(ctx context.Context) (rueidis.Client, context.Context
 
 // end records the outcome of a call for the breaker and the metrics. A
 // nil reply is a success; a call the caller gave up on says nothing of
-// Redis and counts as one too.
-func (r *redisStore) end(ctx context.Context, cancel context.CancelFunc, err error) error {
+// Redis and counts as one too. local says the reply came from process
+// memory, not from Redis.
+func (r *redisStore) end(ctx context.Context, cancel context.CancelFunc, err error, local bool) error {
 	cancel()
 	switch {
 	case err == nil || rueidis.IsRedisNil(err):
 		r.breaker.RecordSuccess()
+		if !local {
+			r.failing.Store(false)
+		}
 	case ctx.Err() != nil:
 		r.breaker.RecordSuccess()
 		return ctx.Err()
 	default:
 		r.breaker.RecordFailure()
+		r.failing.Store(true)
 		r.metrics.redisErrors.Inc()
 	}
 	return err
@@ -265,7 +282,7 @@ func (r *redisStore) do(ctx context.Context, cmd func(rueidis.Builder) rueidis.C
 		return rueidis.NewErrorResult(err)
 	}
 	res := client.Do(cctx, cmd(client.B()))
-	_ = r.end(ctx, cancel, res.Error())
+	_ = r.end(ctx, cancel, res.Error(), false)
 	return res
 }
 
@@ -276,7 +293,7 @@ func (r *redisStore) doCache(ctx context.Context, cmd func(rueidis.Builder) ruei
 		return rueidis.NewErrorResult(err)
 	}
 	res := client.DoCache(cctx, cmd(client.B()), r.cfg.LocalTTL)
-	_ = r.end(ctx, cancel, res.Error())
+	_ = r.end(ctx, cancel, res.Error(), res.IsCacheHit())
 	return res
 }
 
@@ -286,7 +303,7 @@ func (r *redisStore) exec(ctx context.Context, script *rueidis.Lua, keys, args [
 	if err != nil {
 		return err
 	}
-	return r.end(ctx, cancel, script.Exec(cctx, client, keys, args).Error())
+	return r.end(ctx, cancel, script.Exec(cctx, client, keys, args).Error(), false)
 }
 
 // read reads the full key k: from this process's memory when allowed.
@@ -434,7 +451,7 @@ func (r *redisStore) invalidate(ctx context.Context, keys []string) error {
 				break
 			}
 		}
-		err = r.end(ctx, cancel, err)
+		err = r.end(ctx, cancel, err, false)
 	}
 	if err == nil {
 		return nil
@@ -492,6 +509,13 @@ func (r *redisStore) flush() {
 	}
 	dels, bits, lost := r.pendingDels, r.pendingBits, r.lostFilters
 	r.pendingDels, r.pendingBits, r.lostFilters, r.nPending = map[string]struct{}{}, map[string][]uint64{}, map[string]bool{}, 0
+	for k := range bits {
+		r.flushing[k] = true
+	}
+	for k := range lost {
+		r.flushing[k] = true
+	}
+	r.filtersChanged()
 	r.mu.Unlock()
 
 	ctx := context.Background()
@@ -516,6 +540,7 @@ func (r *redisStore) flush() {
 		r.log.Error("cache: a filter lost ids while Redis was unreachable; it lets every id through until rebuilt", "filter", k)
 		delete(lost, k)
 		delete(bits, k)
+		r.flushed(k)
 	}
 	for k, pos := range bits {
 		if err := r.setBits(ctx, k, pos); err != nil {
@@ -523,10 +548,19 @@ func (r *redisStore) flush() {
 			return
 		}
 		delete(bits, k)
+		r.flushed(k)
 	}
 	if len(dels) > 0 {
 		r.log.Info("cache: deleted keys invalidated while Redis was unreachable", "keys", len(dels))
 	}
+}
+
+// flushed notes that Redis has the queued bits of the filter key k.
+func (r *redisStore) flushed(k string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.flushing, k)
+	r.filtersChanged()
 }
 
 // requeue puts back what flush could not write.
@@ -542,6 +576,26 @@ func (r *redisStore) requeue(dels map[string]struct{}, bits map[string][]uint64,
 	for k := range lost {
 		r.lostFilters[k] = true
 	}
+	clear(r.flushing)
+	r.filtersChanged()
+}
+
+// filtersChanged updates filtersWait after a change of pendingBits,
+// lostFilters or flushing. The caller holds r.mu.
+func (r *redisStore) filtersChanged() {
+	r.filtersWait.Store(len(r.pendingBits) > 0 || len(r.lostFilters) > 0 || len(r.flushing) > 0)
+}
+
+// filterWaits reports whether bits of the filter key k, added by this
+// process, are not in Redis yet: queued, being written, or dropped (the
+// filter is to be marked unbuilt).
+func (r *redisStore) filterWaits(k string) bool {
+	if !r.filtersWait.Load() {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pendingBits[k]) > 0 || r.lostFilters[k] || r.flushing[k]
 }
 
 // queueDel keeps a delete for when Redis is back. The caller holds r.mu.
@@ -562,6 +616,7 @@ func (r *redisStore) queueDel(k string) {
 // queueBits keeps filter bits for when Redis is back; past the bound,
 // the filter is to be marked unbuilt instead. The caller holds r.mu.
 func (r *redisStore) queueBits(k string, pos []uint64) {
+	defer r.filtersChanged()
 	if r.lostFilters[k] {
 		return
 	}
@@ -615,13 +670,26 @@ func (r *redisStore) setBits(ctx context.Context, key string, positions []uint64
 }
 
 func (b *redisBits) test(ctx context.Context, positions []uint64) (bool, error) {
-	res := b.r.doCache(ctx, func(rb rueidis.Builder) rueidis.Cacheable {
+	if b.r.filterWaits(b.key) {
+		// Redis lacks ids this process added: it could reject them.
+		return true, nil
+	}
+	read := func(rb rueidis.Builder) rueidis.Cacheable {
 		cmd := rb.BitfieldRo().Key(b.key).Get().Get("u1", 0)
 		for _, p := range positions {
 			cmd = cmd.Get("u1", int64(p+1))
 		}
 		return cmd.Cache()
-	})
+	}
+	var res rueidis.RedisResult
+	if b.r.failing.Load() {
+		// The copy in memory may lack ids another process added, if
+		// Redis cannot reach this process: ask Redis, or let the id
+		// through.
+		res = b.r.do(ctx, func(rb rueidis.Builder) rueidis.Completed { return rueidis.Completed(read(rb)) })
+	} else {
+		res = b.r.doCache(ctx, read)
+	}
 	bits, err := res.AsIntSlice()
 	if err != nil {
 		return true, err
