@@ -2,6 +2,7 @@ package platform_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -65,5 +66,63 @@ func TestProductPageThroughTheEdge(t *testing.T) {
 	if code := post(`{"sku":"KEEL-NOPE"}`, &failed); code != http.StatusNotFound || failed.Code != "not_found" ||
 		!strings.Contains(failed.Message, "KEEL-NOPE") {
 		t.Errorf("GetProductPage of an unknown sku: HTTP %d, %+v; want 404 not_found naming it", code, failed)
+	}
+}
+
+// TestOrderOutageLeavesProductPagesAlone: with the order service down,
+// the storefront rightly answers unavailable for order views, and the
+// edge must not hold those answers against the storefront instance:
+// product pages, which never touch the order service, all succeed
+// through the edge while order views keep failing, and after.
+func TestOrderOutageLeavesProductPagesAlone(t *testing.T) {
+	p, _ := startPlatform(t, platform.Options{Demo: true})
+	url := "http://" + p.EdgeAddr()
+	if status, body := postJSON(t, url+"/shop.user.v1.UserService/Register",
+		`{"email":"olga@example.com","password":"correct horse","displayName":"Olga"}`); status != http.StatusOK {
+		t.Fatalf("register: %d %v", status, body)
+	}
+	auth := "Bearer " + login(t, url, "olga@example.com")
+	if err := p.StopService("order"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Order views flow during the outage, each answered unavailable.
+	views := make(chan error, 1)
+	go func() {
+		for i := range 40 {
+			status, body := postJSON(t, url+"/shop.storefront.v1.StorefrontService/GetOrderView",
+				`{"orderId":"0b5a3f4e-7c1d-4a8e-9f55-2f4b8b1c9d10"}`, "Authorization", auth)
+			if status != http.StatusServiceUnavailable || body["code"] != "unavailable" {
+				views <- fmt.Errorf("order view %d with the order service down: %d %v, want 503 unavailable", i, status, body)
+				return
+			}
+		}
+		views <- nil
+	}()
+	pages, failed := 0, 0
+	product := func() {
+		status, body := postJSON(t, url+"/shop.storefront.v1.StorefrontService/GetProductPage", `{"sku":"KEEL-MUG"}`)
+		pages++
+		if status != http.StatusOK {
+			failed++
+			t.Errorf("product page %d during the order outage: %d %v", pages, status, body)
+		}
+	}
+	for done := false; !done; {
+		select {
+		case err := <-views:
+			if err != nil {
+				t.Fatal(err)
+			}
+			done = true
+		default:
+			product()
+		}
+	}
+	for range 20 {
+		product() // and right after the order views stopped
+	}
+	if failed > 0 {
+		t.Fatalf("%d of %d product pages failed while only the order service was down", failed, pages)
 	}
 }
