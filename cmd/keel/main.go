@@ -1,6 +1,7 @@
 // Command keel runs and manages a Keel platform.
 //
 //	keel up       start every service and the edge on loopback
+//	keel drill    run the chaos drill (package chaos)
 //	keel version  print the version
 package main
 
@@ -35,6 +36,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return up(ctx, args[1:], stdout, stderr)
 	case "config":
 		return configCmd(ctx, args[1:], stdout, stderr)
+	case "drill":
+		return drill(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keel", version)
 		return nil
@@ -53,6 +56,7 @@ func usage(w io.Writer) {
 Commands:
   up        start every service and the edge on loopback (Ctrl-C stops them)
   config    push seed config files to Consul KV, or diff them (push|diff --env ENV)
+  drill     chaos drill: faults under traffic, then the books reconciled (fails on any discrepancy)
   version   print the version
 
 Run "keel <command> -h" for a command's flags.
