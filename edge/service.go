@@ -22,7 +22,7 @@ const Name = "edge"
 type Settings struct {
 	config.Process `yaml:",inline"`
 	// AllowedOrigins are the browser origins CORS allows; "*" allows any.
-	// Dynamic. Default ["*"].
+	// Dynamic. Default none: no cross-origin call from a browser.
 	AllowedOrigins []string `yaml:"allowed_origins"`
 	// TrustedProxies are the networks (CIDR, or single addresses) of
 	// proxies in front of the edge, such as a cloud load balancer, whose
@@ -65,15 +65,12 @@ type AuthSettings struct {
 func DefaultSettings() Settings {
 	p := config.DefaultProcess()
 	p.Server.Addr = "127.0.0.1:8080"
-	return Settings{Process: p, AllowedOrigins: []string{"*"}, Auth: AuthSettings{Issuer: auth.DefaultIssuer}, RateLimits: DefaultRateLimits()}
+	return Settings{Process: p, Auth: AuthSettings{Issuer: auth.DefaultIssuer}, RateLimits: DefaultRateLimits()}
 }
 
 // Validate reports every setting out of range, naming its key.
 func (s Settings) Validate() error {
 	errs := []error{s.Process.Validate()}
-	if len(s.AllowedOrigins) == 0 {
-		errs = append(errs, &config.KeyError{Key: "allowed_origins", Err: errors.New(`must list at least one origin (or "*")`)})
-	}
 	for _, o := range s.AllowedOrigins {
 		if o == "" {
 			errs = append(errs, &config.KeyError{Key: "allowed_origins", Err: errors.New("has an empty origin")})
@@ -107,6 +104,11 @@ func Service(contracts []string) boot.Service[Settings] {
 			authn, err := authFrom(s.Auth, env.Secret)
 			if err != nil {
 				return nil, fmt.Errorf("edge: %w", err)
+			}
+			if jwks, ok := authn.Tokens.(*auth.JWKS); ok {
+				if err := jwks.Register(env.Metrics); err != nil {
+					return nil, fmt.Errorf("edge: %w", err)
+				}
 			}
 			limiter := newLimiter(s.RateLimits, env.Secret, env.Logger)
 			e, err := New(Config{

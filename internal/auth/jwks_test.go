@@ -1,6 +1,7 @@
 package auth_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keelplatform/keel/internal/auth"
 )
@@ -27,13 +29,32 @@ type provider struct {
 	keys    []jose.JSONWebKey
 	fetches atomic.Int32
 	down    atomic.Bool
-	url     string
+	// hung makes fetches hang until the client gives up or the test ends.
+	hung atomic.Bool
+	// gate, when set, holds fetches until it is closed.
+	gate atomic.Pointer[chan struct{}]
+	url  string
 }
 
 func newProvider(t *testing.T) *provider {
 	p := &provider{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.fetches.Add(1)
+		if p.hung.Load() {
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		if gate := p.gate.Load(); gate != nil {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-*gate:
+			}
+		}
 		if p.down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
@@ -43,6 +64,7 @@ func newProvider(t *testing.T) *provider {
 		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: p.keys})
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // before srv.Close, which waits for the handlers
 	p.url = srv.URL
 	return p
 }
@@ -194,4 +216,328 @@ func TestJWKSFollowsKeyRotation(t *testing.T) {
 	if err == nil || errors.Is(err, auth.ErrInvalidToken) {
 		t.Fatalf("unknown key while the provider is down: got %v, want a fetch error", err)
 	}
+}
+
+// clock is a settable time for [auth.SetClock]; it stands still unless
+// the test moves it.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *clock { return &clock{now: time.Now()} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// waitFor polls cond until it holds, failing the test after 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// keyFixture is a provider publishing one ES256 key "k1", with a token
+// signed by it and one naming the unpublished key "k9".
+type keyFixture struct {
+	p              *provider
+	known, unknown string
+}
+
+func newKeyFixture(t *testing.T) keyFixture {
+	p := newProvider(t)
+	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k9, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p.publish("k1", &k1.PublicKey)
+	return keyFixture{
+		p:       p,
+		known:   signWith(t, jwt.SigningMethodES256, k1, "k1", claimsFor("u")),
+		unknown: signWith(t, jwt.SigningMethodES256, k9, "k9", claimsFor("u")),
+	}
+}
+
+// verifyKnown fails the test unless token verifies.
+func verifyKnown(t *testing.T, v *auth.JWKS, token string) {
+	t.Helper()
+	if sub, _, err := v.Verify(t.Context(), token); err != nil || sub != "u" {
+		t.Fatalf("known key: got %q, %v", sub, err)
+	}
+}
+
+// verifyUnavailable fails the test unless token is refused for want of
+// the key set, not as an invalid token.
+func verifyUnavailable(t *testing.T, v *auth.JWKS, token string) {
+	t.Helper()
+	if _, _, err := v.Verify(t.Context(), token); err == nil || errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("unknown key while the key set cannot be fetched: got %v, want a fetch error", err)
+	}
+}
+
+// TestJWKSBacksOffWhileProviderIsDown: with the provider failing, the
+// key set is fetched once per back-off window however many tokens
+// arrive, known keys keep verifying, and the window doubles from
+// MinRefresh up to the TTL, starting over after a success.
+func TestJWKSBacksOffWhileProviderIsDown(t *testing.T) {
+	f := newKeyFixture(t)
+	c := newClock()
+	v := &auth.JWKS{URL: f.p.url, Issuer: "https://login.example", TTL: 10 * time.Second, MinRefresh: time.Second}
+	auth.SetClock(v, c.Now)
+	verifyKnown(t, v, f.known)
+
+	f.p.down.Store(true)
+	c.Add(10 * time.Second) // the set is stale
+	for i := range 200 {
+		if i%2 == 0 {
+			verifyKnown(t, v, f.known)
+		} else {
+			verifyUnavailable(t, v, f.unknown)
+		}
+	}
+	if n := f.p.fetches.Load(); n != 2 {
+		t.Fatalf("%d fetches for 200 tokens with the provider down, want 2: the first and one failed refresh", n)
+	}
+
+	// fetchesAfter moves the clock by d, sends 50 tokens of each kind and
+	// returns how many fetches that made.
+	fetchesAfter := func(d time.Duration) int32 {
+		t.Helper()
+		c.Add(d)
+		before := f.p.fetches.Load()
+		for range 50 {
+			verifyUnavailable(t, v, f.unknown)
+			verifyKnown(t, v, f.known)
+		}
+		return f.p.fetches.Load() - before
+	}
+	for _, window := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second} {
+		if n := fetchesAfter(window - time.Nanosecond); n != 0 {
+			t.Fatalf("%d fetches before the %s back-off ended, want none", n, window)
+		}
+		if n := fetchesAfter(time.Nanosecond); n != 1 {
+			t.Fatalf("%d fetches once the %s back-off ended, want 1", n, window)
+		}
+	}
+
+	// A success ends the back-off: the next failure waits MinRefresh again.
+	f.p.down.Store(false)
+	c.Add(10 * time.Second)
+	if _, _, err := v.Verify(t.Context(), f.unknown); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("unknown key with the provider up: got %v, want ErrInvalidToken", err)
+	}
+	f.p.down.Store(true)
+	if n := fetchesAfter(10 * time.Second); n != 1 {
+		t.Fatalf("%d fetches for a stale set with the provider down, want 1", n)
+	}
+	if n := fetchesAfter(time.Second - time.Nanosecond); n != 0 {
+		t.Fatalf("%d fetches within MinRefresh of a failure after a success, want none", n)
+	}
+	if n := fetchesAfter(time.Nanosecond); n != 1 {
+		t.Fatalf("%d fetches MinRefresh after a failure after a success, want 1", n)
+	}
+}
+
+// TestJWKSKnownKeysDoNotWaitForAHungProvider: with the set stale and the
+// provider hanging, 100 concurrent tokens signed with a known key verify
+// at once, while a single fetch refreshes the set in the background.
+func TestJWKSKnownKeysDoNotWaitForAHungProvider(t *testing.T) {
+	const fetchTimeout = 300 * time.Millisecond
+	f := newKeyFixture(t)
+	c := newClock()
+	v := &auth.JWKS{URL: f.p.url, Issuer: "https://login.example", TTL: time.Minute, MinRefresh: time.Second,
+		Client: &http.Client{Timeout: fetchTimeout}}
+	reg := prometheus.NewRegistry()
+	if err := v.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	auth.SetClock(v, c.Now)
+	verifyKnown(t, v, f.known)
+
+	f.p.hung.Store(true)
+	c.Add(time.Minute)
+	took := parallel(t, 100, func() error {
+		_, _, err := v.Verify(t.Context(), f.known)
+		return err
+	})
+	for i, d := range took {
+		// A call that waited for the fetch took at least its timeout.
+		if d.err != nil || d.took >= fetchTimeout {
+			t.Fatalf("call %d: %v after %s; want the known key at once", i, d.err, d.took)
+		}
+	}
+	waitFor(t, "the refresh to fail", func() bool { return fetchCount(t, reg, "error") == 1 })
+	for range 100 {
+		verifyKnown(t, v, f.known)
+	}
+	if n := f.p.fetches.Load(); n != 2 {
+		t.Fatalf("%d fetches, want 2: the first and one refresh", n)
+	}
+}
+
+// TestJWKSUnknownKeyWaitsForOneFetchAtMost: with the provider hanging,
+// 100 concurrent tokens naming an unknown key share one fetch and all
+// return once it times out, refused for want of the key set.
+func TestJWKSUnknownKeyWaitsForOneFetchAtMost(t *testing.T) {
+	const fetchTimeout = 300 * time.Millisecond
+	f := newKeyFixture(t)
+	c := newClock()
+	v := &auth.JWKS{URL: f.p.url, Issuer: "https://login.example", TTL: time.Minute, MinRefresh: time.Second,
+		Client: &http.Client{Timeout: fetchTimeout}}
+	auth.SetClock(v, c.Now)
+	verifyKnown(t, v, f.known)
+
+	f.p.hung.Store(true)
+	c.Add(time.Second) // past MinRefresh: an unknown key may be fetched
+	start := time.Now()
+	took := parallel(t, 100, func() error {
+		_, _, err := v.Verify(t.Context(), f.unknown)
+		return err
+	})
+	for i, d := range took {
+		if d.err == nil || errors.Is(d.err, auth.ErrInvalidToken) {
+			t.Fatalf("call %d: got %v, want a fetch error", i, d.err)
+		}
+	}
+	if all := time.Since(start); all >= 2*fetchTimeout {
+		t.Fatalf("100 calls took %s, want them within one fetch timeout (%s)", all, fetchTimeout)
+	}
+	if n := f.p.fetches.Load(); n != 2 {
+		t.Fatalf("%d fetches, want 2: the first and one for the unknown key", n)
+	}
+	// While the failure backs off, the unknown key fails fast, unfetched.
+	for range 100 {
+		verifyUnavailable(t, v, f.unknown)
+	}
+	if n := f.p.fetches.Load(); n != 2 {
+		t.Fatalf("%d fetches during the back-off, want 2", n)
+	}
+}
+
+// TestJWKSWaitEndsWithTheCallersContext: a token waiting for the key set
+// gives up when its caller does, without ending the fetch the others
+// share.
+func TestJWKSWaitEndsWithTheCallersContext(t *testing.T) {
+	f := newKeyFixture(t)
+	gate := make(chan struct{})
+	f.p.gate.Store(&gate)
+	v := &auth.JWKS{URL: f.p.url, Issuer: "https://login.example"}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_, _, err := v.Verify(ctx, f.known)
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("got %v, want the caller's deadline", err)
+	}
+	// The fetch goes on: once the provider answers, the set it fetched
+	// verifies the next token without another fetch.
+	waitFor(t, "the fetch to reach the provider", func() bool { return f.p.fetches.Load() == 1 })
+	close(gate)
+	verifyKnown(t, v, f.known)
+	if n := f.p.fetches.Load(); n != 1 {
+		t.Fatalf("%d fetches, want the one the first caller started", n)
+	}
+}
+
+// TestJWKSCountsFetchesInMetrics: keel_auth_jwks_fetches_total counts
+// fetches by result, failures included, whether the provider answers
+// an error or refuses the connection.
+func TestJWKSCountsFetchesInMetrics(t *testing.T) {
+	f := newKeyFixture(t)
+	c := newClock()
+	v := &auth.JWKS{URL: f.p.url, Issuer: "https://login.example", TTL: time.Minute, MinRefresh: time.Second}
+	auth.SetClock(v, c.Now)
+	verifyKnown(t, v, f.known) // counted though before Register
+	reg := prometheus.NewRegistry()
+	if err := v.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Register(reg); err == nil {
+		t.Fatal("registered twice in one registry")
+	}
+	f.p.down.Store(true)
+	for _, d := range []time.Duration{time.Second, time.Second, 2 * time.Second, 4 * time.Second} {
+		c.Add(d)
+		verifyUnavailable(t, v, f.unknown)
+	}
+	if ok, failed := fetchCount(t, reg, "ok"), fetchCount(t, reg, "error"); ok != 1 || failed != 4 {
+		t.Fatalf("counted %v ok and %v failed fetches, want 1 and 4", ok, failed)
+	}
+
+	// Connection refused.
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	refused := &auth.JWKS{URL: closed.URL, Issuer: "https://login.example"}
+	reg = prometheus.NewRegistry()
+	if err := refused.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	if ok, failed := fetchCount(t, reg, "ok"), fetchCount(t, reg, "error"); ok != 0 || failed != 0 {
+		t.Fatalf("counted %v ok and %v failed fetches before any, want 0 and 0", ok, failed)
+	}
+	for range 200 {
+		verifyUnavailable(t, refused, f.known)
+	}
+	if ok, failed := fetchCount(t, reg, "ok"), fetchCount(t, reg, "error"); ok != 0 || failed != 1 {
+		t.Fatalf("counted %v ok and %v failed fetches for 200 tokens, want 0 and 1 (back-off)", ok, failed)
+	}
+}
+
+// fetchCount returns keel_auth_jwks_fetches_total{result} from reg.
+func fetchCount(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() != "keel_auth_jwks_fetches_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no keel_auth_jwks_fetches_total{result=%q}", result)
+	return 0
+}
+
+// outcome is one call's error and duration.
+type outcome struct {
+	err  error
+	took time.Duration
+}
+
+// parallel runs call n times at once and returns how each went.
+func parallel(t *testing.T, n int, call func() error) []outcome {
+	t.Helper()
+	out := make([]outcome, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range out {
+		wg.Go(func() {
+			<-start
+			t0 := time.Now()
+			err := call()
+			out[i] = outcome{err: err, took: time.Since(t0)}
+		})
+	}
+	close(start)
+	wg.Wait()
+	return out
 }
