@@ -920,3 +920,35 @@ func TestPreferenceSteersBeforeBalancing(t *testing.T) {
 		})
 	}
 }
+
+// TestCallerTimeoutsDoNotThrottle: calls whose caller ran out of time
+// before the upstream answered say how patient the caller was, not that
+// the upstream is failing: they do not trip the throttle, and the calls
+// after them are sent. (A storefront's order view that gives up on slow
+// item reads must not have the next views' reads refused.)
+func TestCallerTimeoutsDoNotThrottle(t *testing.T) {
+	t.Parallel()
+	inst := startInstance(t)
+	settings := config.DefaultCalls()
+	settings.Retry.MaxAttempts = 1
+	settings.Throttle = config.Throttle{FailureRate: 0.5, MinCalls: 10, Window: time.Minute, MaxRejectionRate: 0.9}
+	users, reg := peersOf(t, settings, nil, inst.addr)
+	inst.mode.Store(hang)
+	for range 30 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		err := getUser(ctx, users)
+		cancel()
+		if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+			t.Fatalf("a call to a hung upstream: %v, want deadline_exceeded", err)
+		}
+	}
+	inst.mode.Store(answer)
+	for i := range 20 {
+		if err := getUser(context.Background(), users); err != nil {
+			t.Fatalf("call %d after 30 callers gave up: %v", i, err)
+		}
+	}
+	if v, _ := gauge(t, reg, "keel_client_throttled_total", map[string]string{"service": "user"}); v != 0 {
+		t.Fatalf("keel_client_throttled_total is %v, want 0", v)
+	}
+}

@@ -245,7 +245,7 @@ func (p *policy) build(mp *methodPolicy, m Method) {
 			if o != nil {
 				return o.overloaded()
 			}
-			return err != nil && !errors.Is(err, context.Canceled)
+			return err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 		}).
 		WithFailureRateThreshold(s.Throttle.FailureRate, uint(s.Throttle.MinCalls), s.Throttle.Window).
 		WithMaxRejectionRate(s.Throttle.MaxRejectionRate).
@@ -289,20 +289,24 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // outcome is what one attempt of a unary call came to.
 type outcome struct {
-	ep        *endpoint
-	res       *http.Response
-	body      *Body
-	err       error
-	code      connect.Code
-	hinted    bool // the server sent a retry hint
-	notSent   bool // the request cannot have reached a server
+	ep      *endpoint
+	res     *http.Response
+	body    *Body
+	err     error
+	code    connect.Code
+	hinted  bool // the server sent a retry hint
+	notSent bool // the request cannot have reached a server
+	// gaveUp: the caller went away or its deadline passed before an
+	// answer: a verdict on the caller's patience, not on the upstream's
+	// health, so the throttle does not count it.
+	gaveUp    bool
 	retryable bool
 }
 
 // overloaded reports whether the attempt says its upstream is failing or
 // saturated, as the throttle counts it.
 func (o *outcome) overloaded() bool {
-	return o.err != nil && !errors.Is(o.err, context.Canceled) ||
+	return o.err != nil && !o.gaveUp ||
 		o.code == connect.CodeUnavailable || o.code == connect.CodeResourceExhausted
 }
 
@@ -487,6 +491,7 @@ func (c *call) attempt(exec failsafe.Execution[*outcome]) (*outcome, error) {
 		case exec.Context().Err() != nil || callerDeadlinePassed(exec.Context()):
 			// The caller gave up or ran out of time, or another hedge won.
 			canceled = true
+			o.gaveUp = true
 			o.code = connect.CodeCanceled
 			if !errors.Is(exec.Context().Err(), context.Canceled) {
 				o.code = connect.CodeDeadlineExceeded
