@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prints the path of a Jaeger binary, building it first when it is not
-# cached. Jaeger v1.76.0 (Apache-2.0) builds from the Go module proxy as a
-# Go tool of a scratch module (`go get -tool .../cmd/jaeger@v1.76.0`). Its
+# cached. Jaeger v1.75.0 (Apache-2.0), the approved release, builds from the
+# Go module proxy as a Go tool of a scratch module
+# (`go get -tool .../cmd/jaeger@v1.75.0`); v1.76.0 is served too but is not
+# an approved release, so it is not used. Its
 # cmd/jaeger is the OpenTelemetry-collector-based "v2" binary, configured
 # with a YAML file (--config). The binary is cached under
 # ${KEEL_CACHE:-~/.cache/keel}, so only the first run is slow: with an
@@ -14,11 +16,13 @@
 # Jaeger's placeholder page at / ; the query HTTP API (/api/...) is complete.
 set -euo pipefail
 
-JAEGER_VERSION=1.76.0
-# The tag's commit and date, as upstream stamps them into release builds;
-# `jaeger version` prints them back, which is how the cache is checked.
-JAEGER_COMMIT=63b27e1810a710ac54dc4522da0538e540bdc545
-JAEGER_DATE=2025-12-03T16:07:08Z
+JAEGER_VERSION=1.75.0
+# The version and the module's publication time, as upstream stamps them
+# into release builds; `jaeger version` prints them back, which is how the
+# cache is checked. The module proxy does not give the tag's commit, so the
+# build stamps the version in its place.
+JAEGER_COMMIT=v$JAEGER_VERSION
+JAEGER_DATE=2025-11-13T16:44:30Z
 cache="${KEEL_CACHE:-$HOME/.cache/keel}/jaeger/$JAEGER_VERSION"
 bin="$cache/jaeger"
 

@@ -1,4 +1,4 @@
-// Package jaegertest runs a real Jaeger (v1.76.0, the OpenTelemetry
+// Package jaegertest runs a real Jaeger (v1.75.0, the OpenTelemetry
 // collector based binary) on loopback, for tests and for `keel up
 // --tracing`, and reads traces back from it.
 //
@@ -46,7 +46,7 @@ import (
 )
 
 // Version is the Jaeger release scripts/get-jaeger.sh builds.
-const Version = "1.76.0"
+const Version = "1.75.0"
 
 // BinEnv names an environment variable holding the path of a Jaeger
 // binary to use instead of the one scripts/get-jaeger.sh provides.
@@ -86,7 +86,7 @@ func FreeAddrs() (Addrs, error) {
 
 // Config returns the Jaeger configuration (YAML, for --config) that [Run]
 // uses: Jaeger's all-in-one configuration (cmd/jaeger/internal/all-in-one.yaml
-// of v1.76.0) cut down to an in-memory store, the OTLP receivers, the
+// of v1.75.0) cut down to an in-memory store, the OTLP receivers, the
 // query service and the health check, on the addresses in a, and nothing
 // else: no Jaeger or Zipkin receivers, no remote sampling, no expvar,
 // zpages or Prometheus listeners, and no traces or metrics of its own.
