@@ -66,3 +66,11 @@ run-consul: ## Like run, registered in Consul with config from Consul KV (CONSUL
 .PHONY: bench
 bench: ## Go benchmarks of the runtime and edge.
 	go test -run '^$$' -bench . -benchmem ./internal/... ./edge/...
+
+DURATION ?= 10m
+SEED ?= 1
+RATE ?= 20
+
+.PHONY: chaos
+chaos: ## Chaos drill: faults under open-loop traffic, then the books reconciled (DURATION, SEED, RATE).
+	go run ./cmd/keel drill --duration $(DURATION) --rate $(RATE) --seed $(SEED) --json chaos-report.json
