@@ -46,7 +46,7 @@ type Options struct {
 	Log io.Writer
 	// Sabotage, for checking the drill itself, breaks the books in the
 	// databases before the reconciliation: lost-order, double-charge or
-	// lost-account (see sabotage).
+	// lost-account, or several separated by commas (see sabotage).
 	Sabotage string
 }
 
@@ -191,8 +191,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	tr.wrongs = append(tr.wrongs, probe.wrongs...)
 	tr.accounts = append(tr.accounts[:len(tr.accounts):len(tr.accounts)], probe.accounts[len(tr.accounts):]...)
 	tr.mu.Unlock()
-	if opts.Sabotage != "" {
-		if err := sabotage(ctx, opts.Sabotage, p); err != nil {
+	for _, kind := range strings.FieldsFunc(opts.Sabotage, func(r rune) bool { return r == ',' }) {
+		if err := sabotage(ctx, kind, p); err != nil {
 			return nil, err
 		}
 	}
