@@ -59,6 +59,7 @@ func (p *proc) start(timeout time.Duration) error {
 		return err
 	}
 	cmd := exec.Command(p.bin)
+	cmd.Dir = filepath.Dir(filepath.Dir(p.logPath)) // the drill's directory
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Env = append(cmd.Env, "KEEL_SERVER_ADDR="+p.addr)
 	// Dies with the drill, whatever ends it.

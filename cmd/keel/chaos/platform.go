@@ -185,7 +185,11 @@ func bringUp(ctx context.Context, opts Options, dir string, log io.Writer) (*pla
 				"KEEL_SERVER_DRAIN_DELAY=0s",
 			}
 			if stateful[s] {
-				env = append(env, "KEEL_DATABASE_DRIVER=postgres", "KEEL_DATABASE_DSN="+p.pg.dsn(s), "KEEL_DATABASE_MAX_OPEN_CONNS=12")
+				// database/data_dir is shared by a service's instances: the
+				// payment simulator keeps its provider books there, one
+				// provider for every instance, as an outside one would be.
+				env = append(env, "KEEL_DATABASE_DRIVER=postgres", "KEEL_DATABASE_DSN="+p.pg.dsn(s), "KEEL_DATABASE_MAX_OPEN_CONNS=12",
+					"KEEL_DATABASE_DATA_DIR="+filepath.Join(dir, "data", s))
 			}
 			if cached[s] {
 				env = append(env, "KEEL_CACHE_REDIS_ADDR="+p.redisAddr)
@@ -202,8 +206,10 @@ func bringUp(ctx context.Context, opts Options, dir string, log io.Writer) (*pla
 			})
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
-		return p, err
+	for _, d := range append([]string{"logs"}, "data/user", "data/inventory", "data/payment", "data/order") {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return p, err
+		}
 	}
 	// Peers first: a service starting before its peers is fine in
 	// principle, but on two cores a start in waves is quicker.
