@@ -112,6 +112,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	after := max(10*time.Second, opts.Duration/10)
 	schedule := plan(opts.Seed, warm, opts.Duration-after, opts.MaxFaults, opts.Instances)
 	rep.Start = time.Now()
+	rep.LoadAvg = append(rep.LoadAvg, loadAvg())
 	p.logf("traffic at %.1f orders/s for %v; %d faults planned (seed %d)", opts.Rate, opts.Duration, len(schedule), opts.Seed)
 
 	trafficCtx, stopTraffic := context.WithTimeout(ctx, opts.Duration)
@@ -136,6 +137,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	trafficWG.Wait()
 	rep.TrafficEnd = time.Now()
+	rep.LoadAvg = append(rep.LoadAvg, loadAvg())
 	p.logf("traffic stopped; waiting for the calls in flight")
 	tr.wait()
 
@@ -176,6 +178,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 	}
 	rep.RecoveryS = time.Since(recBegan).Seconds()
+	rep.LoadAvg = append(rep.LoadAvg, loadAvg())
 	rep.BreakersOpenAtEnd = open
 	if len(open) > 0 {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("breakers still not closed after the recovery window: %s", strings.Join(open, ", ")))

@@ -15,6 +15,19 @@ import (
 	"time"
 )
 
+// loadAvg returns the machine's load averages, or "?".
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func openDB(p *platform, name string) (*sql.DB, error) { return sql.Open("pgx", p.pg.dsn(name)) }
 
 // Report is what a drill found, for people (Print) and machines (JSON).
@@ -41,6 +54,7 @@ type Report struct {
 	AccountsChecked   int      `json:"accounts_checked"`
 	RecoveryS         float64  `json:"recovery_s"`
 	BreakersOpenAtEnd []string `json:"breakers_open_at_end"`
+	LoadAvg           []string `json:"load_average"` // /proc/loadavg at the start of traffic, its end, and after recovery
 	Warnings          []string `json:"warnings"`
 	Discrepancies     []string `json:"discrepancies"`
 }
@@ -326,6 +340,7 @@ func (r *Report) Print(w io.Writer) {
 		tw.Flush()
 	}
 	fmt.Fprintf(w, "\nAccounts acknowledged and logged into at the end: %d\n", r.AccountsChecked)
+	fmt.Fprintf(w, "Machine load average (1m 5m 15m) at the start of traffic, its end, after recovery: %s\n", strings.Join(r.LoadAvg, " | "))
 	for _, s := range r.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", s)
 	}
