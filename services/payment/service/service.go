@@ -38,6 +38,34 @@ const DatabaseDSNVar = database.DSNVar
 // ledger says so and before the caller is answered.
 var CrashPoints = []string{handler.CrashAfterProvider, handler.CrashAfterCapture}
 
+// RefundCrashPoints are the points of a refund at which the crash drill
+// kills the process: after the provider gave the money back and before
+// the ledger says so, and after the ledger says so and before the
+// caller is answered.
+var RefundCrashPoints = []string{handler.CrashAfterProviderRefund, handler.CrashAfterRefundRecord}
+
+// ProviderStatement is what the books of the built-in payment provider
+// hold: every charge by its key (the Charge request's idempotency key),
+// with what was refunded of it, and every refund by its key
+// ([ProviderRefundKey] of the Refund request's idempotency key).
+type ProviderStatement = provider.Statement
+
+// ReadProviderBooks reads the books the built-in payment provider keeps
+// in dataDir, the service's database/data_dir, to reconcile them with
+// the ledger and with what callers were told: it reads the file
+// read-only, from a service that runs or was killed, and fails if there
+// are none. The books are the simulator's own, a file apart from the
+// ledger (which may be on PostgreSQL), as an outside provider keeps its
+// own.
+func ReadProviderBooks(ctx context.Context, dataDir string) (ProviderStatement, error) {
+	return provider.ReadStatement(ctx, dataDir)
+}
+
+// ProviderRefundKey returns the key under which the payment service asks
+// the provider to refund, for a Refund request with the idempotency key
+// key.
+func ProviderRefundKey(key string) string { return handler.ProviderRefundKey(key) }
+
 // maxLatency bounds simulator/latency.
 const maxLatency = 30 * time.Second
 
@@ -55,7 +83,12 @@ type Settings struct {
 }
 
 // Simulator sets how the built-in payment provider, a deterministic
-// simulator that takes no real money, answers charges.
+// simulator that takes no real money, answers charges. Whatever the
+// settings, it keeps books of what it charged and refunded by key, as a
+// real provider does, in the file payment-provider.db under
+// database/data_dir (apart from the ledger, whichever the database
+// driver): a key it knows is answered as the first time, and refunds
+// never exceed their charge. Refunds are given back at once.
 type Simulator struct {
 	// DeclineOverMinor declines, with reason "amount_over_limit", charges
 	// of more than this many minor units; 0 means no limit. Dynamic.
@@ -139,21 +172,22 @@ func Service() boot.Service[Settings] {
 }
 
 // process is the running payment service: its server, closing the store
-// once the server has drained.
+// and the provider's books once the server has drained.
 type process struct {
 	*server.Server
 	store *store.Store
+	books *provider.Books
 }
 
 func (p *process) Serve(ctx context.Context) error {
 	err := p.Server.Serve(ctx)
-	return errors.Join(err, p.store.Close())
+	return errors.Join(err, p.store.Close(), p.books.Close())
 }
 
-// Close releases the listener and the store of a process that will not
-// serve.
+// Close releases the listener, the store and the provider's books of a
+// process that will not serve.
 func (p *process) Close() error {
-	return errors.Join(p.Server.Close(), p.store.Close())
+	return errors.Join(p.Server.Close(), p.store.Close(), p.books.Close())
 }
 
 func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
@@ -167,16 +201,21 @@ func build(ctx context.Context, env boot.Env[Settings]) (boot.Process, error) {
 		return nil, fmt.Errorf("payment store: %w", err)
 	}
 	st.SetMaxOpenConns(settings.Database.MaxOpenConns)
-	sim := provider.NewSimulator(settings.Simulator.rules())
+	books, err := provider.OpenBooks(ctx, settings.Database.DataDir)
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("payment provider: %w", err)
+	}
+	sim := provider.NewSimulator(settings.Simulator.rules(), books)
 	crashAt, _ := env.Secret(drill.Var) // crash tests only
 	h, err := handler.New(st, sim, env.Logger, handler.WithCrashDrill(drill.At(crashAt)))
 	if err != nil {
-		_ = st.Close()
+		_ = errors.Join(st.Close(), books.Close())
 		return nil, fmt.Errorf("payment handler: %w", err)
 	}
 	env.Config.OnChange(func(_, s Settings) { sim.SetRules(s.Simulator.rules()) })
 
 	srv := env.Server()
 	srv.Handle(paymentv1connect.NewPaymentServiceHandler(h, srv.HandlerOptions()...))
-	return &process{Server: srv, store: st}, nil
+	return &process{Server: srv, store: st, books: books}, nil
 }

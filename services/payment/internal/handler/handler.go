@@ -1,7 +1,8 @@
 // Package handler serves the shop.payment.v1.PaymentService contract: it
-// adapts each RPC to the ledger domain, charges through the payment
-// provider, makes Charge and Refund idempotent by key, and maps domain
-// errors to Connect codes.
+// adapts each RPC to the ledger domain, charges and refunds through the
+// payment provider, makes Charge and Refund idempotent by key (with the
+// provider as well as in the ledger), and maps domain errors to Connect
+// codes.
 //
 // Requests are validated against the contract's protovalidate rules by a
 // server interceptor before they get here; the handler still never trusts
@@ -55,9 +56,11 @@ type Handler struct {
 	crash    func(point string)
 }
 
-// The points of Charge at which a crash drill (internal/drill) may kill
-// the process, to show that no money is lost or taken twice whenever the
-// payment service dies.
+// The points of Charge and Refund at which a crash drill (internal/drill)
+// may kill the process, to show that no money is lost, taken twice or
+// given back twice whenever the payment service dies. At each, the
+// provider and the ledger part until a retry with the key (the order
+// saga retries its steps until they are recorded) brings them together.
 const (
 	// CrashAfterProvider: the provider took the money; nothing is
 	// recorded and no answer sent. A retry with the key charges the
@@ -66,7 +69,22 @@ const (
 	// CrashAfterCapture: the charge and its ledger entry are recorded;
 	// no answer sent. A retry with the key is answered from the record.
 	CrashAfterCapture = "charge:after-capture"
+	// CrashAfterProviderRefund: the provider gave the money back; the
+	// ledger does not say so and no answer was sent. A retry with the
+	// key refunds at the provider again (which gives back once per key,
+	// and answers with what it gave back the first time) and records it.
+	CrashAfterProviderRefund = "refund:after-provider"
+	// CrashAfterRefundRecord: the refund and its ledger entry are
+	// recorded; no answer sent. A retry with the key is answered from
+	// the record.
+	CrashAfterRefundRecord = "refund:after-record"
 )
+
+// ProviderRefundKey returns the idempotency key under which the provider
+// is asked to refund, for a Refund with the caller's key: derived from it
+// alone, so every retry of a refund, in any process, after any crash,
+// asks the provider with the same key.
+func ProviderRefundKey(key string) string { return "refund:" + key }
 
 // Option configures a [Handler].
 type Option func(*Handler)
@@ -122,6 +140,11 @@ func (h *Handler) Charge(ctx context.Context, req *connect.Request[paymentv1.Cha
 	}
 
 	err = h.provider.Charge(ctx, c.Key, c.UserID.String(), c.Amount)
+	if errors.Is(err, provider.ErrKeyReused) {
+		// The provider took or declined another request under this key,
+		// which a crash kept out of the ledger.
+		return nil, keyReused()
+	}
 	if declined, ok := errors.AsType[*provider.Declined](err); ok {
 		recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 		defer cancel()
@@ -134,7 +157,7 @@ func (h *Handler) Charge(ctx context.Context, req *connect.Request[paymentv1.Cha
 		return nil, declinedError(declined.Reason)
 	}
 	if err != nil {
-		return nil, h.providerError(ctx, req.Spec(), err)
+		return nil, h.providerError(ctx, req.Spec(), "charging", err)
 	}
 
 	// The provider took the money: record it even if the caller has gone
@@ -181,10 +204,19 @@ func (h *Handler) replayCharge(ctx context.Context, spec connect.Spec, rec ledge
 	return connect.NewResponse(&paymentv1.ChargeResponse{Payment: toProto(p)}), nil
 }
 
-// Refund implements [paymentv1connect.PaymentServiceHandler.Refund]. A
-// refund whose key is recorded is answered with the payment as it is now;
-// otherwise the store gives the money back, serialized with the other
-// refunds of the payment.
+// Refund implements [paymentv1connect.PaymentServiceHandler.Refund].
+//
+// A refund whose key is recorded is answered with the payment as it is
+// now, the provider not called again. Otherwise the request is checked
+// against the payment, then the provider gives the money back under
+// [ProviderRefundKey] of the key (it computes "all that is left" itself
+// when the request has no amount, and gives back at most once per key),
+// then the refund is recorded in the ledger with what the provider gave
+// back, serialized with the other refunds of the payment. A provider that
+// does not answer leaves nothing recorded; a crash between the provider
+// and the ledger leaves the refund at the provider only, until a retry
+// with the key, which the provider answers with what it gave back the
+// first time, records it.
 func (h *Handler) Refund(ctx context.Context, req *connect.Request[paymentv1.RefundRequest]) (*connect.Response[paymentv1.RefundResponse], error) {
 	r, err := refundFrom(req.Msg)
 	if err != nil {
@@ -197,27 +229,70 @@ func (h *Handler) Refund(ctx context.Context, req *connect.Request[paymentv1.Ref
 	case !errors.Is(err, ledger.ErrNotFound):
 		return nil, h.internal(ctx, req.Spec(), err)
 	}
-
-	p, err := h.payments.Refund(ctx, r)
+	p, err := h.payments.Payment(ctx, r.PaymentID)
 	switch {
-	case err == nil:
-		return connect.NewResponse(&paymentv1.RefundResponse{Payment: toProto(p)}), nil
+	case errors.Is(err, ledger.ErrNotFound):
+		return nil, paymentNotFound(r.PaymentID.String())
+	case err != nil:
+		return nil, h.internal(ctx, req.Spec(), err)
+	}
+	// What the ledger says is left is at least what the provider has
+	// left (it gives back first): a refund the ledger refuses, the
+	// provider would too.
+	if _, err := r.AmountOf(p); err != nil {
+		return nil, h.refundRefused(ctx, req.Spec(), r, err)
+	}
+
+	amount, err := h.provider.Refund(ctx, ProviderRefundKey(r.Key), p.ChargeKey, r.Amount)
+	switch {
+	case errors.Is(err, provider.ErrKeyReused):
+		return nil, keyReused()
+	case errors.Is(err, provider.ErrExceedsCharge):
+		return nil, h.refundRefused(ctx, req.Spec(), r, ledger.ErrExceedsRefundable)
+	case errors.Is(err, provider.ErrCurrencyMismatch):
+		return nil, h.refundRefused(ctx, req.Spec(), r, ledger.ErrCurrencyMismatch)
+	case errors.Is(err, provider.ErrUnknownCharge):
+		// The ledger has a payment the provider never took: the books
+		// disagree, which is for an operator to look at.
+		return nil, h.internal(ctx, req.Spec(), fmt.Errorf("refund of payment %s: the provider has no charge under its key: %w", p.ID, err))
+	case err != nil:
+		return nil, h.providerError(ctx, req.Spec(), "refunding", err)
+	}
+
+	// The provider gave the money back: record it even if the caller has
+	// gone meanwhile, so the ledger does not miss it.
+	h.crash(CrashAfterProviderRefund)
+	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	p, err = h.payments.Refund(recordCtx, r, amount)
+	switch {
 	case errors.Is(err, ledger.ErrKeyRecorded):
 		rec, err := h.payments.Key(ctx, r.Key)
 		if err != nil {
 			return nil, h.internal(ctx, req.Spec(), err)
 		}
 		return h.replayRefund(ctx, req.Spec(), rec, r)
-	case errors.Is(err, ledger.ErrNotFound):
-		return nil, paymentNotFound(r.PaymentID.String())
+	case err != nil:
+		// The provider gave the money back and the ledger does not say
+		// so. A retry with the key asks the provider again, which gives
+		// back at most once per key, and records it then.
+		return nil, h.internal(ctx, req.Spec(), fmt.Errorf("record a refund the provider made: %w", err))
+	}
+	h.crash(CrashAfterRefundRecord)
+	return connect.NewResponse(&paymentv1.RefundResponse{Payment: toProto(p)}), nil
+}
+
+// refundRefused maps the refusal of r, for err, to its Connect error.
+func (h *Handler) refundRefused(ctx context.Context, spec connect.Spec, r ledger.RefundRequest, err error) error {
+	switch {
 	case errors.Is(err, ledger.ErrCurrencyMismatch):
-		return nil, invalidArgument("amount.currency_code must be the currency of the charge")
+		return invalidArgument("amount.currency_code must be the currency of the charge")
 	case errors.Is(err, ledger.ErrExceedsRefundable) && r.Amount == nil:
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the payment has nothing left to refund"))
+		return connect.NewError(connect.CodeFailedPrecondition, errors.New("the payment has nothing left to refund"))
 	case errors.Is(err, ledger.ErrExceedsRefundable):
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("amount exceeds what is left to refund of the payment"))
+		return connect.NewError(connect.CodeFailedPrecondition, errors.New("amount exceeds what is left to refund of the payment"))
 	default:
-		return nil, h.internal(ctx, req.Spec(), err)
+		return h.internal(ctx, spec, err)
 	}
 }
 
@@ -322,14 +397,15 @@ func moneyFrom(field string, m *moneyv1.Money) (ledger.Money, error) {
 	return ledger.Money{Currency: m.GetCurrencyCode(), Minor: m.GetAmountMinor()}, nil
 }
 
-// providerError maps a provider that did not answer: the caller's own
-// deadline or cancellation as such, anything else as unavailable.
-func (h *Handler) providerError(ctx context.Context, spec connect.Spec, err error) error {
+// providerError maps a provider that did not answer while doing (e.g.
+// "charging"): the caller's own deadline or cancellation as such,
+// anything else as unavailable.
+func (h *Handler) providerError(ctx context.Context, spec connect.Spec, doing string, err error) error {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded while charging; retry with the same idempotency_key"))
+		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("deadline exceeded while %s; retry with the same idempotency_key", doing))
 	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-		return connect.NewError(connect.CodeCanceled, errors.New("canceled while charging"))
+		return connect.NewError(connect.CodeCanceled, fmt.Errorf("canceled while %s", doing))
 	}
 	h.logger.WarnContext(ctx, "payment service: provider did not answer",
 		slog.String("procedure", spec.Procedure),

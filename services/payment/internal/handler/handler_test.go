@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,10 +45,15 @@ var backends = []struct {
 	}},
 }
 
-// countingProvider counts the charges that reach the simulator.
+// countingProvider counts the charges and refunds that reach the
+// simulator, and can fail refunds as a provider that does not answer.
 type countingProvider struct {
 	*provider.Simulator
-	calls atomic.Int64
+	calls   atomic.Int64
+	refunds atomic.Int64
+	// failRefunds is how many more refunds fail with ErrUnavailable
+	// before reaching the simulator.
+	failRefunds atomic.Int64
 }
 
 func (c *countingProvider) Charge(ctx context.Context, key, userID string, amount ledger.Money) error {
@@ -52,15 +61,27 @@ func (c *countingProvider) Charge(ctx context.Context, key, userID string, amoun
 	return c.Simulator.Charge(ctx, key, userID, amount)
 }
 
+func (c *countingProvider) Refund(ctx context.Context, key, chargeKey string, amount *ledger.Money) (ledger.Money, error) {
+	c.refunds.Add(1)
+	if c.failRefunds.Add(-1) >= 0 {
+		return ledger.Money{}, provider.ErrUnavailable
+	}
+	return c.Simulator.Refund(ctx, key, chargeKey, amount)
+}
+
 // env is a handler served on a loopback HTTP server over a real store.
 type env struct {
 	client   paymentv1connect.PaymentServiceClient
 	store    *store.Store
 	provider *countingProvider
+	// crashAt is the crash point (handler.Crash*) at which the handler
+	// abandons its request, as if its process died there: the request
+	// gets no answer and the handler does nothing more for it.
+	crashAt atomic.Pointer[string]
 }
 
 // newEnv serves a handler over a store on cfg (SQLite when nil) and a
-// simulator with no rules.
+// simulator with no rules, its books in a directory of the test's.
 func newEnv(t *testing.T, cfg *database.Config) *env {
 	t.Helper()
 	if cfg == nil {
@@ -72,16 +93,64 @@ func newEnv(t *testing.T, cfg *database.Config) *env {
 	}
 	t.Cleanup(func() { _ = st.Close() })
 	st.SetMaxOpenConns(store.DefaultMaxOpenConns)
-	p := &countingProvider{Simulator: provider.NewSimulator(provider.Rules{})}
-	h, err := handler.New(st, p, slog.New(slog.NewTextHandler(t.Output(), nil)))
+	books, err := provider.OpenBooks(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatalf("open provider books: %v", err)
+	}
+	t.Cleanup(func() { _ = books.Close() })
+	p := &countingProvider{Simulator: provider.NewSimulator(provider.Rules{}, books)}
+	e := &env{store: st, provider: p}
+	h, err := handler.New(st, p, slog.New(slog.NewTextHandler(t.Output(), nil)), handler.WithCrashDrill(func(point string) {
+		if at := e.crashAt.Load(); at != nil && *at == point {
+			panic(http.ErrAbortHandler) // the request dies here, unanswered
+		}
+	}))
 	if err != nil {
 		t.Fatalf("handler.New: %v", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(paymentv1connect.NewPaymentServiceHandler(h))
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the aborted requests
+	srv.Start()
 	t.Cleanup(srv.Close)
-	return &env{client: paymentv1connect.NewPaymentServiceClient(srv.Client(), srv.URL), store: st, provider: p}
+	e.client = paymentv1connect.NewPaymentServiceClient(srv.Client(), srv.URL)
+	return e
+}
+
+// crash makes the handler abandon requests at point from now on; ""
+// stops that.
+func (e *env) crash(point string) {
+	if point == "" {
+		e.crashAt.Store(nil)
+		return
+	}
+	e.crashAt.Store(&point)
+}
+
+// reconcile checks the provider's books against the ledger: the charges
+// the provider took are the ledger's charges, and the refunds it made
+// its refunds, in count and in sum.
+func (e *env) reconcile(t *testing.T) {
+	t.Helper()
+	st, err := e.provider.Statement(context.Background())
+	if err != nil {
+		t.Fatalf("provider books: %v", err)
+	}
+	var books ledger.Totals
+	for _, c := range st.Charges {
+		if c.DeclineReason == "" {
+			books.Charged += c.Amount.Minor
+			books.Charges++
+		}
+	}
+	for _, r := range st.Refunds {
+		books.Refunded += r.Amount.Minor
+		books.Refunds++
+	}
+	if tot := e.totals(t); tot != books {
+		t.Errorf("the ledger holds %+v, the provider's books %+v", tot, books)
+	}
 }
 
 // forEachBackend runs test on a fresh env on each database.
@@ -216,6 +285,7 @@ func TestChargeSameKeyConcurrently(t *testing.T) {
 		if e.provider.calls.Load() != calls {
 			t.Fatal("a retry of a recorded charge reached the provider")
 		}
+		e.reconcile(t)
 	})
 }
 
@@ -427,6 +497,7 @@ func TestRefunds(t *testing.T) {
 	if tot := e.totals(t); tot != (ledger.Totals{Charged: 1000, Refunded: 1000, Charges: 1, Refunds: 2}) {
 		t.Fatalf("ledger %+v", tot)
 	}
+	e.reconcile(t)
 }
 
 func TestGetPaymentUnknown(t *testing.T) {
@@ -477,6 +548,7 @@ func TestConcurrentRefundsNeverExceedTheCharge(t *testing.T) {
 		if tot := e.totals(t); tot.Refunded != want || tot.Refunds != charged/each {
 			t.Fatalf("ledger %+v, want refunds of %d", tot, want)
 		}
+		e.reconcile(t)
 	})
 }
 
@@ -593,5 +665,186 @@ func TestLedgerReconcilesAfterMixedWorkload(t *testing.T) {
 		if tot.Charges == 0 || tot.Refunds == 0 || tot.Charges == workers*orders {
 			t.Errorf("the workload did not mix: %+v", tot)
 		}
+		e.reconcile(t)
+	})
+}
+
+// TestProviderGetsTheRequestKeys: the provider is charged under the
+// Charge request's idempotency key and refunds under ProviderRefundKey of
+// the Refund request's, naming the charge by its key, so that its own
+// de-duplication by key holds across retries and crashes; its books and
+// the ledger agree entry by entry.
+func TestProviderGetsTheRequestKeys(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	p := e.charge(t, "keyed-charge", 900)
+	if _, err := e.client.Refund(ctx, refundReq("keyed-refund-1", p.GetPaymentId(), usd(200), "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.Refund(ctx, refundReq("keyed-refund-2", p.GetPaymentId(), nil, "")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.provider.Statement(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	usd := func(minor int64) ledger.Money { return ledger.Money{Currency: "USD", Minor: minor} }
+	wantCharges := map[string]provider.ChargeRecord{
+		"keyed-charge": {Key: "keyed-charge", UserID: alice, Amount: usd(900), Refunded: 900},
+	}
+	wantRefunds := map[string]provider.RefundRecord{
+		handler.ProviderRefundKey("keyed-refund-1"): {Key: handler.ProviderRefundKey("keyed-refund-1"), ChargeKey: "keyed-charge", Amount: usd(200)},
+		handler.ProviderRefundKey("keyed-refund-2"): {Key: handler.ProviderRefundKey("keyed-refund-2"), ChargeKey: "keyed-charge", Amount: usd(700)},
+	}
+	if !reflect.DeepEqual(st.Charges, wantCharges) || !reflect.DeepEqual(st.Refunds, wantRefunds) {
+		t.Fatalf("provider books: charges %+v, refunds %+v; want %+v, %+v", st.Charges, st.Refunds, wantCharges, wantRefunds)
+	}
+	if k := handler.ProviderRefundKey("keyed-refund-1"); k != handler.ProviderRefundKey("keyed-refund-1") || k == handler.ProviderRefundKey("keyed-refund-2") {
+		t.Fatalf("ProviderRefundKey is not a function of the key alone: %q", k)
+	}
+	e.reconcile(t)
+}
+
+// TestCrashBetweenProviderAndLedgerConverges abandons a Charge and a
+// Refund at each point where the provider and the ledger part, as a
+// crash of the process would, then retries each with its key (twice at
+// once, as a saga and a late duplicate may): the provider moves the money
+// once, the ledger records it once, and the books agree.
+func TestCrashBetweenProviderAndLedgerConverges(t *testing.T) {
+	points := []struct{ charge, refund string }{
+		{handler.CrashAfterProvider, handler.CrashAfterProviderRefund},
+		{handler.CrashAfterCapture, handler.CrashAfterRefundRecord},
+	}
+	for _, pt := range points {
+		t.Run(pt.charge+","+pt.refund, func(t *testing.T) {
+			forEachBackend(t, func(t *testing.T, e *env) {
+				ctx := context.Background()
+				both := func(call func() error) {
+					t.Helper()
+					var wg sync.WaitGroup
+					for range 2 {
+						wg.Go(func() {
+							if err := call(); err != nil {
+								t.Errorf("retry after the crash: %v", err)
+							}
+						})
+					}
+					wg.Wait()
+				}
+
+				e.crash(pt.charge)
+				if _, err := e.client.Charge(ctx, chargeReq("crash-charge", "order-crash", alice, usd(1000))); err == nil {
+					t.Fatal("the charge was answered past the crash point")
+				}
+				e.crash("")
+				var id string
+				both(func() error {
+					res, err := e.client.Charge(ctx, chargeReq("crash-charge", "order-crash", alice, usd(1000)))
+					if err == nil {
+						id = res.Msg.GetPayment().GetPaymentId()
+					}
+					return err
+				})
+				// A partial refund, then one of all that is left.
+				for i, amount := range []*moneyv1.Money{usd(300), nil} {
+					key := fmt.Sprintf("crash-refund-%d", i)
+					e.crash(pt.refund)
+					if _, err := e.client.Refund(ctx, refundReq(key, id, amount, "crash")); err == nil {
+						t.Fatalf("refund %s was answered past the crash point", key)
+					}
+					e.crash("")
+					both(func() error {
+						_, err := e.client.Refund(ctx, refundReq(key, id, amount, "crash"))
+						return err
+					})
+				}
+
+				got := e.get(t, id)
+				if got.GetRefunded().GetAmountMinor() != 1000 || len(got.GetRefunds()) != 2 || got.GetRefunds()[1].GetAmount().GetAmountMinor() != 700 {
+					t.Fatalf("payment after the crashes: %v; want refunds of 300 and 700", got)
+				}
+				if tot := e.totals(t); tot != (ledger.Totals{Charged: 1000, Refunded: 1000, Charges: 1, Refunds: 2}) {
+					t.Fatalf("ledger %+v", tot)
+				}
+				e.reconcile(t)
+			})
+		})
+	}
+}
+
+// TestRefundProviderFailureRecordsNothing: a refund the provider does not
+// answer fails with unavailable and records nothing; a retry with the key
+// gives the money back once.
+func TestRefundProviderFailureRecordsNothing(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	p := e.charge(t, "refund-flaky-charge", 800)
+	e.provider.failRefunds.Store(2)
+	for range 2 {
+		_, err := e.client.Refund(ctx, refundReq("refund-flaky", p.GetPaymentId(), nil, ""))
+		wantCode(t, err, connect.CodeUnavailable, "retry")
+	}
+	if _, err := e.store.Key(ctx, "refund-flaky"); !errors.Is(err, ledger.ErrNotFound) {
+		t.Fatalf("a failed refund recorded its key: %v", err)
+	}
+	e.reconcile(t)
+	res, err := e.client.Refund(ctx, refundReq("refund-flaky", p.GetPaymentId(), nil, ""))
+	if err != nil || res.Msg.GetPayment().GetRefunded().GetAmountMinor() != 800 {
+		t.Fatalf("retry: %v, %v", res, err)
+	}
+	refunds := e.provider.refunds.Load()
+	if _, err := e.client.Refund(ctx, refundReq("refund-flaky", p.GetPaymentId(), nil, "")); err != nil {
+		t.Fatal(err)
+	}
+	if e.provider.refunds.Load() != refunds {
+		t.Fatal("a retry of a recorded refund reached the provider")
+	}
+	e.reconcile(t)
+}
+
+// TestRefundOfAllRacesPartialOnes asks for all that is left of a payment
+// while many partial refunds of it are under way: the provider works out
+// what is left when the refund reaches it, after the refunds before it
+// however they interleave, so the payment ends fully refunded, by one of
+// them, and the books agree.
+func TestRefundOfAllRacesPartialOnes(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		const (
+			charged  = 1000
+			partials = 40
+			fulls    = 2
+		)
+		p := e.charge(t, "full-and-partial", charged)
+		refund := func(key string, amount *moneyv1.Money) error {
+			_, err := e.client.Refund(context.Background(), refundReq(key, p.GetPaymentId(), amount, ""))
+			if err != nil && connect.CodeOf(err) != connect.CodeFailedPrecondition {
+				t.Errorf("Refund %s: %v", key, err)
+			}
+			return err
+		}
+		var partialsDone, full atomic.Int32
+		var wg sync.WaitGroup
+		for i := range partials {
+			wg.Go(func() {
+				_ = refund(fmt.Sprintf("partial-refund-%d", i), usd(10))
+				partialsDone.Add(1)
+			})
+		}
+		for i := range fulls {
+			wg.Go(func() {
+				for partialsDone.Load() < partials/4 {
+					runtime.Gosched() // start once the partial refunds are in full swing
+				}
+				if refund(fmt.Sprintf("full-refund-%d", i), nil) == nil {
+					full.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		got := e.get(t, p.GetPaymentId())
+		if got.GetRefunded().GetAmountMinor() != charged || full.Load() != 1 {
+			t.Fatalf("refunded %d of %d; %d refunds of all that was left succeeded, want one", got.GetRefunded().GetAmountMinor(), charged, full.Load())
+		}
+		e.reconcile(t)
 	})
 }

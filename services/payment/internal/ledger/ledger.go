@@ -61,6 +61,9 @@ type Payment struct {
 	ID uuid.UUID
 	// OrderID is the order the charge pays for.
 	OrderID string
+	// ChargeKey is the idempotency key of the charge, under which the
+	// payment provider took the money: its reference for refunds.
+	ChargeKey string
 	// UserID is who paid.
 	UserID uuid.UUID
 	// Amount is what was charged.
@@ -163,14 +166,15 @@ type Repository interface {
 	// reason. It returns an error wrapping ErrKeyRecorded when the key was
 	// recorded first.
 	Decline(ctx context.Context, c Charge, reason string) error
-	// Refund gives back r's amount of its payment, or all that is left
-	// when r has none: the refund entry in the ledger, the payment's
-	// refunded total and the key, in one transaction, serialized with
-	// every other refund of the payment so refunds never exceed the
-	// charge. It returns the payment after the refund, or an error
-	// wrapping ErrKeyRecorded (nothing written), ErrNotFound (no such
-	// payment), ErrCurrencyMismatch or ErrExceedsRefundable.
-	Refund(ctx context.Context, r RefundRequest) (Payment, error)
+	// Refund records that amount, r's amount or all that was left of its
+	// payment (see [RefundRequest.AmountOf]), was given back: the refund
+	// entry in the ledger, the payment's refunded total and the key, in
+	// one transaction, serialized with every other refund of the payment
+	// so refunds never exceed the charge. It returns the payment after
+	// the refund, or an error wrapping ErrKeyRecorded (nothing written),
+	// ErrNotFound (no such payment), ErrCurrencyMismatch or
+	// ErrExceedsRefundable (amount is more than is left now).
+	Refund(ctx context.Context, r RefundRequest, amount Money) (Payment, error)
 	// Payment returns a payment with its refunds, or an error wrapping
 	// ErrNotFound.
 	Payment(ctx context.Context, id uuid.UUID) (Payment, error)

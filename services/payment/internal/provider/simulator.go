@@ -35,13 +35,18 @@ type Rules struct {
 }
 
 // Simulator is a deterministic [Provider] for development and tests: it
-// takes no money and answers by its [Rules], which may change while it
-// runs. Whether a charge fails depends only on its key and on how many
+// takes no real money and answers by its [Rules], which may change while
+// it runs, and keeps [Books] of what it charged and refunded as a real
+// provider would: a charge or refund whose key is in the books is
+// answered as the first time, without moving money again (even after
+// the rules changed), and refunds never exceed their charge. Whether an
+// attempt fails as unavailable depends only on its key and on how many
 // times the key was tried before (counted in memory, per simulator), so
-// a run is reproducible and a retry of a failed charge may succeed. It is
-// safe for concurrent use.
+// a run is reproducible and a retry of a failed charge may succeed. It
+// is safe for concurrent use.
 type Simulator struct {
 	rules atomic.Pointer[compiledRules]
+	books *Books
 
 	mu sync.Mutex
 	// attempts counts the failed attempts of each key: only the keys whose
@@ -57,9 +62,10 @@ type compiledRules struct {
 
 var _ Provider = (*Simulator)(nil)
 
-// NewSimulator returns a simulator answering by rules.
-func NewSimulator(rules Rules) *Simulator {
-	s := &Simulator{attempts: map[string]uint64{}}
+// NewSimulator returns a simulator answering by rules and keeping its
+// books in books, which it does not close.
+func NewSimulator(rules Rules, books *Books) *Simulator {
+	s := &Simulator{books: books, attempts: map[string]uint64{}}
 	s.SetRules(rules)
 	return s
 }
@@ -75,9 +81,10 @@ func (s *Simulator) SetRules(rules Rules) {
 	s.rules.Store(c)
 }
 
-// Charge implements [Provider]. It waits for the latency, fails the share
-// of attempts given by the failure rate, then declines the blocked users
-// and the amounts over the limit, and takes the rest.
+// Charge implements [Provider]. It waits for the latency and fails the
+// share of attempts given by the failure rate, recording nothing; then a
+// key in the books gets its first answer, and a new one is declined
+// (blocked users, amounts over the limit) or taken, and recorded so.
 func (s *Simulator) Charge(ctx context.Context, key, userID string, amount ledger.Money) error {
 	r := s.rules.Load()
 	if r.Latency > 0 {
@@ -93,13 +100,26 @@ func (s *Simulator) Charge(ctx context.Context, key, userID string, amount ledge
 		return ErrUnavailable
 	}
 	s.forget(key)
-	if r.blocked[userID] {
-		return &Declined{Reason: ReasonUserBlocked}
+	reason := ""
+	switch {
+	case r.blocked[userID]:
+		reason = ReasonUserBlocked
+	case r.DeclineOverMinor > 0 && amount.Minor > r.DeclineOverMinor:
+		reason = ReasonAmountOverLimit
 	}
-	if r.DeclineOverMinor > 0 && amount.Minor > r.DeclineOverMinor {
-		return &Declined{Reason: ReasonAmountOverLimit}
-	}
-	return nil
+	return s.books.charge(ctx, key, userID, amount, reason)
+}
+
+// Refund implements [Provider]. The rules do not apply to refunds: a
+// refund of a charge taken is given back at once, within what is left of
+// the charge.
+func (s *Simulator) Refund(ctx context.Context, key, chargeKey string, amount *ledger.Money) (ledger.Money, error) {
+	return s.books.refund(ctx, key, chargeKey, amount)
+}
+
+// Statement returns what the simulator's books hold now.
+func (s *Simulator) Statement(ctx context.Context) (Statement, error) {
+	return s.books.Statement(ctx)
 }
 
 // fails decides whether this attempt of key fails: when the hash of the

@@ -143,7 +143,7 @@ func (s *Store) Capture(ctx context.Context, c ledger.Charge) (ledger.Payment, e
 	if err != nil {
 		return ledger.Payment{}, fmt.Errorf("store: capture charge: %w", err)
 	}
-	return toPayment(p, nil), nil
+	return toPayment(p, []*ent.LedgerEntry{{Kind: ledgerentry.KindCharge, IdempotencyKey: c.Key}}), nil
 }
 
 // Decline implements [ledger.Repository.Decline].
@@ -169,7 +169,7 @@ func (s *Store) Decline(ctx context.Context, c ledger.Charge, reason string) err
 // of refunded_minor is conditional as well, and the database's CHECK
 // refuses a refunded_minor above amount_minor: three guards against a
 // refund exceeding its charge.
-func (s *Store) Refund(ctx context.Context, r ledger.RefundRequest) (ledger.Payment, error) {
+func (s *Store) Refund(ctx context.Context, r ledger.RefundRequest, amount ledger.Money) (ledger.Payment, error) {
 	now := timestamp(time.Now())
 	hash := r.Hash()
 	var p *ent.Payment
@@ -196,15 +196,13 @@ func (s *Store) Refund(ctx context.Context, r ledger.RefundRequest) (ledger.Paym
 		if err != nil {
 			return fmt.Errorf("get payment: %w", err)
 		}
-		left := p.AmountMinor - p.RefundedMinor
-		amount := left
-		if r.Amount != nil {
-			if r.Amount.Currency != p.Currency {
-				return ledger.ErrCurrencyMismatch
-			}
-			amount = r.Amount.Minor
+		if r.Amount != nil && *r.Amount != amount {
+			return fmt.Errorf("refund of %d %s differs from the %d %s asked for", amount.Minor, amount.Currency, r.Amount.Minor, r.Amount.Currency)
 		}
-		if amount <= 0 || amount > left {
+		if amount.Currency != p.Currency {
+			return ledger.ErrCurrencyMismatch
+		}
+		if amount.Minor <= 0 || amount.Minor > p.AmountMinor-p.RefundedMinor {
 			return ledger.ErrExceedsRefundable
 		}
 		if err := tx.IdempotencyKey.Create().
@@ -220,7 +218,7 @@ func (s *Store) Refund(ctx context.Context, r ledger.RefundRequest) (ledger.Paym
 			SetKind(ledgerentry.KindRefund).
 			SetIdempotencyKey(r.Key).
 			SetPaymentID(p.ID).
-			SetAmountMinor(amount).
+			SetAmountMinor(amount.Minor).
 			SetCurrency(p.Currency).
 			SetReason(r.Reason).
 			SetRequestHash(hash).
@@ -229,8 +227,8 @@ func (s *Store) Refund(ctx context.Context, r ledger.RefundRequest) (ledger.Paym
 			return fmt.Errorf("record refund in the ledger: %w", err)
 		}
 		n, err := tx.Payment.Update().
-			Where(payment.ID(p.ID), payment.RefundedMinorLTE(p.AmountMinor-amount)).
-			AddRefundedMinor(amount).
+			Where(payment.ID(p.ID), payment.RefundedMinorLTE(p.AmountMinor-amount.Minor)).
+			AddRefundedMinor(amount.Minor).
 			Save(ctx)
 		if err != nil {
 			return fmt.Errorf("add refund to payment: %w", err)
@@ -253,8 +251,7 @@ func (s *Store) Payment(ctx context.Context, id uuid.UUID) (ledger.Payment, erro
 	row, err := s.client.Payment.Query().
 		Where(payment.ID(id)).
 		WithEntries(func(q *ent.LedgerEntryQuery) {
-			q.Where(ledgerentry.KindEQ(ledgerentry.KindRefund)).
-				Order(ledgerentry.ByCreateTime(), ledgerentry.ByID())
+			q.Order(ledgerentry.ByCreateTime(), ledgerentry.ByID())
 		}).
 		Only(ctx)
 	if err != nil {
@@ -352,7 +349,9 @@ func toKeyRecord(row *ent.IdempotencyKey) ledger.KeyRecord {
 	return r
 }
 
-func toPayment(row *ent.Payment, refunds []*ent.LedgerEntry) ledger.Payment {
+// toPayment returns the payment of row, with its charge's key and its
+// refunds from entries, the payment's ledger entries in order.
+func toPayment(row *ent.Payment, entries []*ent.LedgerEntry) ledger.Payment {
 	p := ledger.Payment{
 		ID:         row.ID,
 		OrderID:    row.OrderID,
@@ -361,7 +360,11 @@ func toPayment(row *ent.Payment, refunds []*ent.LedgerEntry) ledger.Payment {
 		Refunded:   row.RefundedMinor,
 		CreateTime: timestamp(row.CreateTime),
 	}
-	for _, e := range refunds {
+	for _, e := range entries {
+		if e.Kind == ledgerentry.KindCharge {
+			p.ChargeKey = e.IdempotencyKey
+			continue
+		}
 		p.Refunds = append(p.Refunds, ledger.Refund{
 			ID:         e.ID,
 			Amount:     ledger.Money{Currency: e.Currency, Minor: e.AmountMinor},
