@@ -17,6 +17,7 @@ import (
 
 	orderv1 "github.com/keelplatform/keel/gen/go/shop/order/v1"
 	"github.com/keelplatform/keel/gen/go/shop/order/v1/orderv1connect"
+	"github.com/keelplatform/keel/gen/go/shop/payment/v1/paymentv1connect"
 	"github.com/keelplatform/keel/internal/database"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/drill"
@@ -30,55 +31,126 @@ import (
 // initialStock is the catalogue's stock before any order.
 var initialStock = map[string]int64{"TEA": teaStock, "MUG": mugStock, "GOLD": goldStock, "BOOK": 10}
 
-// crashes are the saga boundaries a crash drill kills the order service
-// at, every one place-order passes, with the order that passes it: TEA
-// orders are confirmed, GOLD ones (over the payment simulator's limit)
-// are declined and compensated.
-func crashes() []struct{ boundary, sku string } {
-	var out []struct{ boundary, sku string }
-	add := func(sku string, points ...saga.Point) func(step string) {
-		return func(step string) {
-			for _, p := range points {
-				out = append(out, struct{ boundary, sku string }{saga.Boundary{Point: p, StepName: step}.String(), sku})
-			}
+// sagaPath is one way the place-order saga can go, with an order that
+// goes that way and every boundary it passes, in order.
+type sagaPath struct {
+	name string
+	// sku and quantity make the order; price is the sku's.
+	sku      string
+	quantity int64
+	price    int64
+	// expire lets the order's stock reservation expire while its charge
+	// is under way, so that committing the stock fails for good.
+	expire bool
+	// status is how the order ends, and reason a part of the failure
+	// reason of a cancelled one.
+	status orderv1.OrderStatus
+	reason string
+	// boundaries are the saga boundaries the order passes.
+	boundaries []string
+}
+
+// sagaPaths are the paths of the place-order saga: TEA is confirmed;
+// MUG, ordered past its stock, fails to reserve; GOLD (over the payment
+// simulator's limit) is declined, its reservation released; and TEA
+// whose reservation expires during the charge fails to commit, its
+// charge refunded and its reservation released.
+func sagaPaths() []sagaPath {
+	b := func(p saga.Point, step string) string { return saga.Boundary{Point: p, StepName: step}.String() }
+	done := func(step string) []string {
+		return []string{b(saga.BeforeAction, step), b(saga.AfterAction, step), b(saga.ActionSaved, step)}
+	}
+	failed := func(step string) []string {
+		return []string{b(saga.BeforeAction, step), b(saga.ActionFailed, step), b(saga.FailureSaved, step)}
+	}
+	undone := func(step string) []string {
+		return []string{b(saga.BeforeCompensation, step), b(saga.AfterCompensation, step), b(saga.CompensationSaved, step)}
+	}
+	created := []string{saga.Boundary{Point: saga.PointCreated}.String()}
+	path := func(steps ...[]string) []string { return slices.Concat(append([][]string{created}, steps...)...) }
+	const (
+		reserve = placeorder.ReserveStock
+		charge  = placeorder.ChargePayment
+		commit  = placeorder.CommitStock
+	)
+	return []sagaPath{
+		{name: "confirmed", sku: "TEA", quantity: 1, price: teaPrice, status: confirmed,
+			boundaries: path(done(reserve), done(charge), done(commit))},
+		{name: "out of stock", sku: "MUG", quantity: mugStock + 1, price: mugPrice, status: cancelled, reason: "out of stock",
+			boundaries: path(failed(reserve))},
+		{name: "declined", sku: "GOLD", quantity: 1, price: goldPrice, status: cancelled, reason: "payment declined",
+			boundaries: path(done(reserve), failed(charge), undone(reserve))},
+		{name: "failed after the charge", sku: "TEA", quantity: 1, price: teaPrice, expire: true, status: cancelled, reason: "inventory refused",
+			boundaries: path(done(reserve), done(charge), failed(commit), undone(charge), undone(reserve))},
+	}
+}
+
+// TestSagaPathsPassTheirBoundaries runs an order down each saga path
+// through the service's saga definition, recording the boundaries its
+// driver passes: they are the path's boundaries, so the crash test below
+// kills at every boundary of every path.
+func TestSagaPathsPassTheirBoundaries(t *testing.T) {
+	s := newPeers(t, database.DriverSQLite)
+	for _, p := range sagaPaths() {
+		key := "path-" + strings.ReplaceAll(p.name, " ", "-")
+		if p.expire {
+			s.recorder.expireWhenCharged(order.ID(s.userID, key))
+		}
+		var passed []string
+		_, err := s.runSaga(key, func(b saga.Boundary) error {
+			passed = append(passed, b.String())
+			return nil
+		}, order.Line{SKU: p.sku, Quantity: p.quantity, UnitPriceMinor: p.price})
+		if err != nil {
+			t.Fatalf("%s: %v", p.name, err)
+		}
+		if !slices.Equal(passed, p.boundaries) {
+			t.Errorf("%s: the saga passed\n%q\nthe path lists\n%q", p.name, passed, p.boundaries)
 		}
 	}
-	out = append(out, struct{ boundary, sku string }{saga.Boundary{Point: saga.PointCreated}.String(), "TEA"})
-	for _, step := range []string{placeorder.ReserveStock, placeorder.ChargePayment, placeorder.CommitStock} {
-		add("TEA", saga.BeforeAction, saga.AfterAction, saga.ActionSaved)(step)
-	}
-	add("GOLD", saga.ActionFailed, saga.FailureSaved)(placeorder.ChargePayment)
-	add("GOLD", saga.BeforeCompensation, saga.AfterCompensation, saga.CompensationSaved)(placeorder.ReserveStock)
-	return out
 }
 
 // TestCrashAtEverySagaBoundary kills the order service, a real process,
-// with SIGKILL at each boundary of the place-order saga in turn, one
+// with SIGKILL at every boundary of every path of the place-order saga in
+// turn (confirmed, out of stock, declined, failed after the charge), one
 // order per boundary, then starts it once more on the same database:
-// every order ends CONFIRMED or CANCELLED as its saga should, a retry of
-// each returns the same order, and the books of the other services
-// reconcile exactly with the orders.
+// every order ends CONFIRMED or CANCELLED as its path should, a retry of
+// each returns the same order, and the three books reconcile: the
+// payment provider's, the payment ledger and the orders (with the
+// inventory's).
 func TestCrashAtEverySagaBoundary(t *testing.T) {
 	for _, driver := range orderDrivers {
 		t.Run(driver, func(t *testing.T) {
+			began := time.Now()
 			s := newPeers(t, driver)
 			env := s.binaryEnv()
-			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 			defer cancel()
 
-			cases := crashes()
-			keys := make([]string, len(cases))
-			for i, c := range cases {
-				keys[i] = fmt.Sprintf("crash-%s-%02d", driver, i)
+			type crash struct {
+				sagaPath
+				boundary, key string
+			}
+			var cases []crash
+			for _, p := range sagaPaths() {
+				for _, b := range p.boundaries {
+					cases = append(cases, crash{p, b, fmt.Sprintf("crash-%s-%02d", driver, len(cases))})
+				}
+			}
+			for _, c := range cases {
+				id := order.ID(s.userID, c.key)
+				if c.expire {
+					s.recorder.expireWhenCharged(id)
+				}
 				// The drill names this order's saga: a crash instance also
 				// recovers the sagas of the instances killed before it.
-				p := testkit.Start(t, binary, append(env, drill.Var+"="+c.boundary+"@"+order.ID(s.userID, keys[i]))...)
+				p := testkit.Start(t, binary, append(env, drill.Var+"="+c.boundary+"@"+id)...)
 				client := orderv1connect.NewOrderServiceClient(testkit.H2CClient(), "http://"+p.Addr(), connect.WithGRPC())
-				if _, err := client.PlaceOrder(ctx, connect.NewRequest(s.request(keys[i], c.sku, 1))); err == nil {
-					t.Fatalf("%s: PlaceOrder was answered; the drill should have killed the process first", c.boundary)
+				if _, err := client.PlaceOrder(ctx, connect.NewRequest(s.request(c.key, c.sku, c.quantity))); err == nil {
+					t.Fatalf("%s %s: PlaceOrder was answered; the drill should have killed the process first", c.name, c.boundary)
 				}
 				if !p.Killed(20 * time.Second) {
-					t.Fatalf("%s: the process was not killed there\n%s", c.boundary, p.Logs())
+					t.Fatalf("%s %s: the process was not killed there\n%s", c.name, c.boundary, p.Logs())
 				}
 			}
 
@@ -86,21 +158,14 @@ func TestCrashAtEverySagaBoundary(t *testing.T) {
 			client := orderv1connect.NewOrderServiceClient(testkit.H2CClient(), "http://"+p.Addr(), connect.WithGRPC())
 			orders := make([]*orderv1.Order, len(cases))
 			for i, c := range cases {
-				o := s.waitFinal(ctx, client, keys[i])
-				want := confirmed
-				if c.sku == "GOLD" {
-					want = orderv1.OrderStatus_ORDER_STATUS_CANCELLED
-				}
-				if o.GetStatus() != want {
-					t.Errorf("killed at %s: order %s, want %s (reason %q)", c.boundary, o.GetStatus(), want, o.GetFailureReason())
-				}
-				if want == orderv1.OrderStatus_ORDER_STATUS_CANCELLED && !strings.Contains(o.GetFailureReason(), "declined") {
-					t.Errorf("killed at %s: cancelled for %q, want the decline", c.boundary, o.GetFailureReason())
+				o := s.waitFinal(ctx, client, c.key)
+				if o.GetStatus() != c.status || !strings.Contains(o.GetFailureReason(), c.reason) {
+					t.Errorf("%s, killed at %s: order %s (reason %q), want %s (%q)", c.name, c.boundary, o.GetStatus(), o.GetFailureReason(), c.status, c.reason)
 				}
 				// A retry after everything returns the same order.
-				res, err := client.PlaceOrder(ctx, connect.NewRequest(s.request(keys[i], c.sku, 1)))
+				res, err := client.PlaceOrder(ctx, connect.NewRequest(s.request(c.key, c.sku, c.quantity)))
 				if got := retried(res, err); got != o.GetOrderId() {
-					t.Errorf("killed at %s: PlaceOrder retried: order %q (%v), want %s", c.boundary, got, err, o.GetOrderId())
+					t.Errorf("%s, killed at %s: PlaceOrder retried: order %q (%v), want %s", c.name, c.boundary, got, err, o.GetOrderId())
 				}
 				orders[i] = o
 			}
@@ -108,6 +173,7 @@ func TestCrashAtEverySagaBoundary(t *testing.T) {
 				t.Logf("last order process:\n%s", p.Logs())
 			}
 			s.reconcile(t, orders)
+			t.Logf("%d crashes on %s in %s", len(cases), driver, time.Since(began).Round(time.Millisecond))
 		})
 	}
 }
@@ -163,6 +229,60 @@ func TestPaymentKilledMidCharge(t *testing.T) {
 				t.Fatalf("order %s (%q), want confirmed", o.GetStatus(), o.GetFailureReason())
 			}
 			s.reconcile(t, []*orderv1.Order{o})
+		})
+	}
+}
+
+// TestPaymentKilledMidRefund kills the payment service, a real process,
+// in the middle of the refund that compensates an order's charge (its
+// stock reservation expired during the charge, so committing it failed),
+// at each point where the provider and the ledger could part; the
+// payment service is started again on its database and the saga's
+// compensation, retried, reaches it: the order is cancelled, its charge
+// given back exactly once, and the three books reconcile.
+func TestPaymentKilledMidRefund(t *testing.T) {
+	for _, point := range paymentservice.RefundCrashPoints {
+		t.Run(point, func(t *testing.T) {
+			s := newPeers(t, database.DriverSQLite)
+			// This test's payment service is the real binary, on a database
+			// of its own, in place of the shop's, behind the recorder.
+			data := t.TempDir()
+			env := []string{
+				"KEEL_ENV=test",
+				"KEEL_CONFIG_DIR=" + filepath.Join("..", "..", "..", "consul", "kv"),
+				"KEEL_SERVER_ADDR=127.0.0.1:0",
+				"CONSUL_HTTP_ADDR=",
+				"KEEL_DATABASE_DATA_DIR=" + data,
+			}
+			payment := testkit.Start(t, paymentBinary, append(env, drill.Var+"="+point)...)
+			s.paymentData = data
+			s.recorder.forwardTo(paymentv1connect.NewPaymentServiceClient(testkit.H2CClient(), "http://"+payment.Addr(), connect.WithGRPC()))
+			s.orders = s.startOrders()
+
+			const key = "payment-refund-crash-1"
+			id := order.ID(s.userID, key)
+			s.recorder.expireWhenCharged(id)
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			placed := make(chan error, 1)
+			go func() {
+				_, err := s.orders.PlaceOrder(ctx, connect.NewRequest(s.request(key, "TEA", 2)))
+				placed <- err
+			}()
+			if !payment.Killed(20 * time.Second) {
+				t.Fatalf("the payment service was not killed at %s\n%s", point, payment.Logs())
+			}
+			restarted := testkit.Start(t, paymentBinary, env...)
+			s.recorder.forwardTo(paymentv1connect.NewPaymentServiceClient(testkit.H2CClient(), "http://"+restarted.Addr(), connect.WithGRPC()))
+			cancelledWith(t, <-placed, "inventory refused")
+			o := s.waitFinal(ctx, s.orders, key)
+			if o.GetStatus() != cancelled {
+				t.Fatalf("order %s (%q), want cancelled", o.GetStatus(), o.GetFailureReason())
+			}
+			s.reconcile(t, []*orderv1.Order{o})
+			if st, err := paymentservice.ReadProviderBooks(ctx, data); err != nil || len(st.Refunds) != 1 {
+				t.Fatalf("provider books %+v, %v; want the one refund", st, err)
+			}
 		})
 	}
 }
@@ -242,17 +362,29 @@ func retried(res *connect.Response[orderv1.PlaceOrderResponse], err error) strin
 	return ""
 }
 
-// reconcile audits the books of the inventory and the payment service,
-// read from their databases, against orders, every order placed in the
-// shop: for every item, available + reserved + committed is the initial
-// stock, nothing is left reserved, and what is committed is what the
-// CONFIRMED orders bought; the ledger's charges less its refunds are the
-// total of the CONFIRMED orders, each of which was charged once.
+// reconcile audits three books against each other: the payment
+// provider's (read through the payment service's ReadProviderBooks), the
+// payment service's ledger and the orders, every order placed in the
+// shop, with the inventory's stock besides.
+//
+// Inventory: for every item, available + reserved + committed is the
+// initial stock, nothing is left reserved, and what is committed is what
+// the CONFIRMED orders bought. Money, per order (its charge key is the
+// key of its saga's charge-payment step): what the provider holds of the
+// charge under that key (charged less refunded) and what the ledger
+// holds of it are both the order's total when it is CONFIRMED, nothing
+// when it is CANCELLED; a confirmed order's payment is the ledger's
+// payment for that key, charged once. Entry by entry: every charge the
+// provider took is a charge in the ledger under the same key and amount,
+// and the other way round; every refund in the ledger is a refund at
+// the provider under the provider key of its request's key, of the same
+// charge and amount, and the other way round; every charge the provider
+// declined is a cancelled order's; and neither book holds money of a
+// charge no order made.
 func (s *shop) reconcile(t *testing.T, orders []*orderv1.Order) {
 	t.Helper()
 	bought := map[string]int64{}
 	var confirmedTotal int64
-	confirmedPayments := map[string]bool{}
 	for _, o := range orders {
 		if o.GetStatus() != confirmed {
 			continue
@@ -261,7 +393,6 @@ func (s *shop) reconcile(t *testing.T, orders []*orderv1.Order) {
 			bought[l.GetSku()] += l.GetQuantity()
 		}
 		confirmedTotal += o.GetTotal().GetAmountMinor()
-		confirmedPayments[o.GetPaymentId()] = true
 	}
 
 	inventory := openSQLite(t, s.inventoryData, "inventory")
@@ -287,26 +418,37 @@ func (s *shop) reconcile(t *testing.T, orders []*orderv1.Order) {
 		t.Fatal(err)
 	}
 
+	// The ledger, entry by entry.
+	type entry struct {
+		key, payment string
+		amount       int64
+	}
 	ledger := openSQLite(t, s.paymentData, "payment")
 	var charged, refunded int64
-	charges := map[string]int{}
-	entries, err := ledger.Query(`SELECT kind, amount_minor, payment_id FROM ledger_entries`)
+	var ledgerCharges, ledgerRefunds []entry
+	chargeKeyOf := map[string]string{} // payment id -> its charge's key
+	entries, err := ledger.Query(`SELECT kind, idempotency_key, amount_minor, payment_id FROM ledger_entries`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer entries.Close()
 	for entries.Next() {
-		var kind, payment string
-		var amount int64
-		if err := entries.Scan(&kind, &amount, &payment); err != nil {
+		var kind string
+		var e entry
+		if err := entries.Scan(&kind, &e.key, &e.amount, &e.payment); err != nil {
 			t.Fatal(err)
 		}
 		switch kind {
 		case "charge":
-			charged += amount
-			charges[payment]++
+			charged += e.amount
+			ledgerCharges = append(ledgerCharges, e)
+			if prev, ok := chargeKeyOf[e.payment]; ok {
+				t.Errorf("ledger: payment %s has two charge entries, %s and %s", e.payment, prev, e.key)
+			}
+			chargeKeyOf[e.payment] = e.key
 		case "refund":
-			refunded += amount
+			refunded += e.amount
+			ledgerRefunds = append(ledgerRefunds, e)
 		}
 	}
 	if err := entries.Err(); err != nil {
@@ -315,9 +457,83 @@ func (s *shop) reconcile(t *testing.T, orders []*orderv1.Order) {
 	if charged-refunded != confirmedTotal {
 		t.Errorf("ledger: charged %d - refunded %d = %d, want %d (the confirmed orders' total)", charged, refunded, charged-refunded, confirmedTotal)
 	}
-	for id := range confirmedPayments {
-		if charges[id] != 1 {
-			t.Errorf("payment %s of a confirmed order has %d charge entries, want 1", id, charges[id])
+	ledgerHeld := map[string]int64{} // charge key -> charged less refunded
+	paymentOf := map[string]string{} // charge key -> payment id
+	for _, e := range ledgerCharges {
+		ledgerHeld[e.key] += e.amount
+		paymentOf[e.key] = e.payment
+	}
+	for _, e := range ledgerRefunds {
+		ledgerHeld[chargeKeyOf[e.payment]] -= e.amount
+	}
+
+	// The provider's books against the ledger.
+	books, err := paymentservice.ReadProviderBooks(context.Background(), s.paymentData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	providerHeld := map[string]int64{} // charge key -> charged less refunded
+	taken := 0
+	for key, c := range books.Charges {
+		if c.DeclineReason != "" {
+			continue
+		}
+		taken++
+		providerHeld[key] = c.Amount.Minor - c.Refunded
+	}
+	if taken != len(ledgerCharges) || len(books.Refunds) != len(ledgerRefunds) {
+		t.Errorf("the provider took %d charges and made %d refunds; the ledger has %d and %d", taken, len(books.Refunds), len(ledgerCharges), len(ledgerRefunds))
+	}
+	for _, e := range ledgerCharges {
+		if c, ok := books.Charges[e.key]; !ok || c.DeclineReason != "" || c.Amount.Minor != e.amount {
+			t.Errorf("ledger charge %s of %d: the provider has %+v (found: %v)", e.key, e.amount, c, ok)
+		}
+	}
+	var providerRefunded int64
+	for _, e := range ledgerRefunds {
+		key := paymentservice.ProviderRefundKey(e.key)
+		if r, ok := books.Refunds[key]; !ok || r.ChargeKey != chargeKeyOf[e.payment] || r.Amount.Minor != e.amount {
+			t.Errorf("ledger refund %s of %d of charge %s: the provider has %+v under %s (found: %v)", e.key, e.amount, chargeKeyOf[e.payment], r, key, ok)
+		}
+	}
+	for _, r := range books.Refunds {
+		providerRefunded += r.Amount.Minor
+		if books.Charges[r.ChargeKey].Refunded == 0 {
+			t.Errorf("provider refund %s of charge %s, which says nothing was refunded", r.Key, r.ChargeKey)
+		}
+	}
+	if providerRefunded != refunded {
+		t.Errorf("the provider refunded %d, the ledger %d", providerRefunded, refunded)
+	}
+
+	// The orders against both.
+	ordered := map[string]bool{}
+	for _, o := range orders {
+		key := saga.ActionKey(o.GetOrderId(), placeorder.ChargePayment)
+		ordered[key] = true
+		var want int64
+		if o.GetStatus() == confirmed {
+			want = o.GetTotal().GetAmountMinor()
+			if paymentOf[key] != o.GetPaymentId() {
+				t.Errorf("confirmed order %s has payment %q; the ledger's charge %s is payment %q", o.GetOrderId(), o.GetPaymentId(), key, paymentOf[key])
+			}
+		}
+		if providerHeld[key] != want || ledgerHeld[key] != want {
+			t.Errorf("order %s (%s, total %d): the provider holds %d of its charge, the ledger %d; want %d",
+				o.GetOrderId(), o.GetStatus(), o.GetTotal().GetAmountMinor(), providerHeld[key], ledgerHeld[key], want)
+		}
+		if c, ok := books.Charges[key]; ok && c.DeclineReason != "" && o.GetStatus() != cancelled {
+			t.Errorf("order %s is %s; the provider declined its charge (%s)", o.GetOrderId(), o.GetStatus(), c.DeclineReason)
+		}
+	}
+	for key := range books.Charges {
+		if !ordered[key] {
+			t.Errorf("the provider has a charge %s of no order", key)
+		}
+	}
+	for key := range ledgerHeld {
+		if !ordered[key] {
+			t.Errorf("the ledger has a charge %s of no order", key)
 		}
 	}
 }

@@ -30,6 +30,34 @@ var errCrash = errors.New("crash drill")
 func (s *shop) leaveMidFlight(key, stopAt string, lines ...order.Line) string {
 	t := s.t
 	t.Helper()
+	id, err := s.runSaga(key, func(b saga.Boundary) error {
+		if b.String() == stopAt {
+			return errCrash
+		}
+		return nil
+	}, lines...)
+	if !errors.Is(err, errCrash) {
+		t.Fatalf("Run stopped at %s with %v, want the crash drill", stopAt, err)
+	}
+	st, err := store.Open(context.Background(), s.orderDatabase())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	o, err := st.Order(context.Background(), id)
+	if err != nil || o.Status != order.Pending {
+		t.Fatalf("order left at %s: %+v, %v; want it pending", stopAt, o, err)
+	}
+	return id
+}
+
+// runSaga places an order of lines under key the way an order instance
+// does, through the service's store and saga definition, calling
+// boundary at every boundary its driver passes, and returns the order id
+// and the saga's outcome.
+func (s *shop) runSaga(key string, boundary func(saga.Boundary) error, lines ...order.Line) (string, error) {
+	t := s.t
+	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, s.orderDatabase())
 	if err != nil {
@@ -44,12 +72,7 @@ func (s *shop) leaveMidFlight(key, stopAt string, lines ...order.Line) string {
 		LeaseTTL: time.Second,
 		Backoff:  10 * time.Millisecond,
 		Logger:   slog.New(slog.DiscardHandler),
-		Boundary: func(b saga.Boundary) error {
-			if b.String() == stopAt {
-				return errCrash
-			}
-			return nil
-		},
+		Boundary: boundary,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -62,14 +85,8 @@ func (s *shop) leaveMidFlight(key, stopAt string, lines ...order.Line) string {
 		state.TotalMinor += l.Quantity * l.UnitPriceMinor
 	}
 	state.RequestHash = order.RequestHash(s.userID, requested)
-	if _, err := orch.Run(ctx, state.OrderID, state); !errors.Is(err, errCrash) {
-		t.Fatalf("Run stopped at %s with %v, want the crash drill", stopAt, err)
-	}
-	o, err := st.Order(ctx, state.OrderID)
-	if err != nil || o.Status != order.Pending {
-		t.Fatalf("order left at %s: %+v, %v; want it pending", stopAt, o, err)
-	}
-	return state.OrderID
+	_, err = orch.Run(ctx, state.OrderID, state)
+	return state.OrderID, err
 }
 
 // peerAddr returns the address of service in peers, a KEEL_PEERS list.

@@ -71,7 +71,7 @@ const (
 	goldPrice        = 60000
 	teaStock         = 100
 	mugStock         = 3
-	goldStock        = 5
+	goldStock        = 20
 )
 
 // orderDrivers are the databases the order service is tested on.
@@ -135,6 +135,7 @@ func newPeers(t *testing.T, driver string) *shop {
 	s.payments = paymentv1connect.NewPaymentServiceClient(http.DefaultClient, "http://"+paymentAddr)
 	var recorderAddr string
 	s.recorder, recorderAddr = newRecorder(t, s.payments, s.registry)
+	s.recorder.items = s.items
 	s.peers = "inventory=" + inventoryAddr + ",user=" + userAddr + ",payment=" + recorderAddr
 
 	ctx := context.Background()
@@ -309,9 +310,12 @@ func eventually(t *testing.T, what string, check func() error) {
 
 // recorder is a PaymentService in front of the real one: it forwards
 // every call, and records the payments charges captured (by key) and the
-// refunds made. It can delay charges and lose their answers.
+// refunds made. It can delay charges and lose their answers, and let
+// the stock reservation of an order expire while its charge is under way.
 type recorder struct {
-	next paymentv1connect.PaymentServiceHandler
+	next atomic.Pointer[forward]
+	// items is the inventory, whose reservations expire.
+	items inventoryv1connect.InventoryServiceClient
 
 	mu       sync.Mutex
 	captured map[string]string // charge key -> payment id
@@ -324,13 +328,17 @@ type recorder struct {
 	// loseCharges is how many more charge answers to lose: the charge is
 	// made, the caller gets unavailable.
 	loseCharges atomic.Int64
+	// expiring are the orders whose stock reservation expires while
+	// their charge is under way.
+	expiring map[string]bool
 }
 
 // newRecorder serves a recorder in front of payments on loopback,
 // registers it as "payment" in registry and returns it with its address.
 func newRecorder(t *testing.T, payments paymentv1connect.PaymentServiceClient, registry *discovery.Static) (*recorder, string) {
 	t.Helper()
-	r := &recorder{next: forward{payments}, captured: map[string]string{}, refunds: map[string]string{}}
+	r := &recorder{captured: map[string]string{}, refunds: map[string]string{}, expiring: map[string]bool{}}
+	r.forwardTo(payments)
 	mux := http.NewServeMux()
 	mux.Handle(paymentv1connect.NewPaymentServiceHandler(r))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -344,6 +352,22 @@ func newRecorder(t *testing.T, payments paymentv1connect.PaymentServiceClient, r
 		t.Fatal(err)
 	}
 	return r, ln.Addr().String()
+}
+
+// forwardTo makes the recorder forward to payments from now on.
+func (r *recorder) forwardTo(payments paymentv1connect.PaymentServiceClient) {
+	r.next.Store(&forward{payments})
+}
+
+// expireWhenCharged makes the stock reservation of the order with the id
+// expire whenever a charge for it is made, before the charge is
+// answered, as a hold that ran out while a slow provider charged would:
+// the inventory releases it (what its sweep does to an expired hold), and
+// committing it fails for good.
+func (r *recorder) expireWhenCharged(orderID string) {
+	r.mu.Lock()
+	r.expiring[orderID] = true
+	r.mu.Unlock()
 }
 
 // forward is the real payment service as a handler.
@@ -368,7 +392,15 @@ func (r *recorder) Charge(ctx context.Context, req *connect.Request[paymentv1.Ch
 	if d := time.Duration(r.chargeDelay.Load()); d > 0 {
 		time.Sleep(d)
 	}
-	res, err := r.next.Charge(ctx, req)
+	res, err := r.next.Load().Charge(ctx, req)
+	r.mu.Lock()
+	expire := r.expiring[req.Msg.GetOrderId()]
+	r.mu.Unlock()
+	if expire {
+		if _, rerr := r.items.ReleaseReservation(ctx, connect.NewRequest(&inventoryv1.ReleaseReservationRequest{ReservationId: req.Msg.GetOrderId()})); rerr != nil {
+			return nil, rerr
+		}
+	}
 	r.mu.Lock()
 	r.charges++
 	switch {
@@ -386,7 +418,7 @@ func (r *recorder) Charge(ctx context.Context, req *connect.Request[paymentv1.Ch
 
 // Refund forwards a refund and records it.
 func (r *recorder) Refund(ctx context.Context, req *connect.Request[paymentv1.RefundRequest]) (*connect.Response[paymentv1.RefundResponse], error) {
-	res, err := r.next.Refund(ctx, req)
+	res, err := r.next.Load().Refund(ctx, req)
 	if err == nil {
 		r.mu.Lock()
 		r.refunds[req.Msg.GetIdempotencyKey()] = req.Msg.GetPaymentId()
@@ -397,7 +429,7 @@ func (r *recorder) Refund(ctx context.Context, req *connect.Request[paymentv1.Re
 
 // GetPayment forwards.
 func (r *recorder) GetPayment(ctx context.Context, req *connect.Request[paymentv1.GetPaymentRequest]) (*connect.Response[paymentv1.GetPaymentResponse], error) {
-	return r.next.GetPayment(ctx, req)
+	return r.next.Load().GetPayment(ctx, req)
 }
 
 // payments returns the distinct payments captured, and the refunds made.
