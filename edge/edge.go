@@ -284,6 +284,10 @@ func (e *Edge) HandleAdmin(pattern string, h http.Handler) { e.server.HandleAdmi
 // one; see [server.Server.AdminAddr].
 func (e *Edge) AdminAddr() string { return e.server.AdminAddr() }
 
+// SetMaxTimeout changes the longest deadline a caller may ask for; see
+// [server.Server.SetMaxTimeout].
+func (e *Edge) SetMaxTimeout(d time.Duration) { e.server.SetMaxTimeout(d) }
+
 // SetShutdown changes the drain delay and shutdown timeout; see
 // [server.Server.SetShutdown].
 func (e *Edge) SetShutdown(drainDelay, shutdownTimeout time.Duration) {

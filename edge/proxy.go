@@ -28,6 +28,7 @@ import (
 	"github.com/keelplatform/keel/internal/rpcstatus"
 	"github.com/keelplatform/keel/internal/server"
 	"github.com/keelplatform/keel/internal/shed"
+	"github.com/keelplatform/keel/internal/wire"
 )
 
 // proxy forwards Connect, gRPC and gRPC-Web calls to the service that owns
@@ -110,7 +111,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 	}
 
 	ctx := r.Context()
-	timeout, ok, err := requestTimeout(r.Header)
+	timeout, ok, err := wire.ParseTimeout(r.Header)
 	if err != nil {
 		p.fail(w, r, &x, connect.NewError(connect.CodeInvalidArgument, err))
 		return
@@ -125,7 +126,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, x exchange) {
 		defer x.span.End()
 	}
 
-	unary := connectUnary(r)
+	unary := wire.ConnectUnary(r)
 	acc := loginRequired
 	if proc != nil {
 		unary, acc = proc.method.Unary, proc.access
@@ -253,7 +254,7 @@ var unaryBodies = sync.Pool{New: func() any {
 // call, never as a torn stream.
 func (p *proxy) forwardUnary(ctx context.Context, w http.ResponseWriter, r *http.Request, x *exchange) {
 	ub := unaryBodies.Get().(*unaryBody)
-	if connectUnary(r) {
+	if wire.ConnectUnary(r) {
 		// Unary Connect calls go over HTTP/1.1 pools, which are done with
 		// the body when RoundTrip returns; an HTTP/2 transport may still
 		// read it after, so those bodies are not reused.
@@ -652,68 +653,6 @@ func quoteOrNone(s string) string {
 		return "none"
 	}
 	return strconv.Quote(s)
-}
-
-// connectUnary reports whether r is a unary Connect call: a GET, or a
-// POST of application/proto or application/json.
-func connectUnary(r *http.Request) bool {
-	if r.Method == http.MethodGet {
-		return true
-	}
-	ct := r.Header["Content-Type"]
-	return len(ct) == 1 && (strings.HasPrefix(ct[0], "application/proto") || strings.HasPrefix(ct[0], "application/json"))
-}
-
-// requestTimeout reads the caller's deadline from Connect's
-// connect-timeout-ms or gRPC's grpc-timeout header, as connect-go's
-// handlers read it: ok is false when there is none (or a gRPC timeout too
-// long to hold, which gRPC takes as none), and a malformed one is an
-// error naming the header, which the caller gets as invalid_argument. A
-// zero timeout is valid: the call has no time left.
-func requestTimeout(h http.Header) (d time.Duration, ok bool, err error) {
-	if v := h["Connect-Timeout-Ms"]; len(v) > 0 && v[0] != "" {
-		if len(v[0]) > 10 {
-			return 0, false, fmt.Errorf("Connect-Timeout-Ms %q: more than 10 digits", v[0])
-		}
-		ms, err := strconv.ParseInt(v[0], 10, 64)
-		if err != nil || ms < 0 {
-			return 0, false, fmt.Errorf("Connect-Timeout-Ms %q: want a whole number of milliseconds", v[0])
-		}
-		return time.Duration(ms) * time.Millisecond, true, nil
-	}
-	v := h["Grpc-Timeout"]
-	if len(v) == 0 || v[0] == "" {
-		return 0, false, nil
-	}
-	t := v[0]
-	malformed := func() error {
-		return fmt.Errorf("Grpc-Timeout %q: want at most 8 digits and a unit, one of H M S m u n", t)
-	}
-	var unit time.Duration
-	switch t[len(t)-1] {
-	case 'H':
-		unit = time.Hour
-	case 'M':
-		unit = time.Minute
-	case 'S':
-		unit = time.Second
-	case 'm':
-		unit = time.Millisecond
-	case 'u':
-		unit = time.Microsecond
-	case 'n':
-		unit = time.Nanosecond
-	default:
-		return 0, false, malformed()
-	}
-	value, err := strconv.ParseInt(t[:len(t)-1], 10, 64)
-	if err != nil || value < 0 || len(t) > 9 {
-		return 0, false, malformed()
-	}
-	if value > int64(time.Duration(1<<62)/unit) {
-		return 0, false, nil // longer than anyone waits: as good as none
-	}
-	return time.Duration(value) * unit, true, nil
 }
 
 // requestBody forwards the caller's request body and can be closed by the

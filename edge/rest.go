@@ -21,6 +21,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/keelplatform/keel/internal/wire"
 )
 
 // front is the edge's handler. A call to a procedure of a routed service
@@ -163,7 +165,7 @@ func (g *restGateway) forward(w http.ResponseWriter, r *http.Request) {
 	rt, _, _ := g.proxy.routes.lookup(r.URL.Path)
 	if rt != nil {
 		// A malformed timeout is refused by the proxy below.
-		timeout, ok, err := requestTimeout(r.Header)
+		timeout, ok, err := wire.ParseTimeout(r.Header)
 		if err != nil || !ok {
 			timeout = g.proxy.calls.Load().TimeoutFor(rt.logical)
 		}

@@ -127,7 +127,10 @@ func (e Env[T]) Server(opts ...server.Option) *server.Server {
 		server.WithInterceptors(e.Identities),
 	}, opts...)
 	srv := server.New(server.ConfigFrom(e.Config.Current().ProcessConfig()), e.Logger, opts...)
-	e.Config.OnChange(func(_, cfg T) { srv.SetShedding(cfg.ProcessConfig().Shedding) })
+	e.Config.OnChange(func(_, cfg T) {
+		srv.SetShedding(cfg.ProcessConfig().Shedding)
+		srv.SetMaxTimeout(cfg.ProcessConfig().Server.MaxTimeout)
+	})
 	return srv
 }
 
@@ -289,6 +292,10 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		}
 		apply(watcher.Current())
 		watcher.OnChange(func(_, cfg T) { apply(cfg) })
+	}
+	if capper, ok := proc.(interface{ SetMaxTimeout(time.Duration) }); ok {
+		capper.SetMaxTimeout(watcher.Current().ProcessConfig().Server.MaxTimeout)
+		watcher.OnChange(func(_, cfg T) { capper.SetMaxTimeout(cfg.ProcessConfig().Server.MaxTimeout) })
 	}
 	if err := proc.Listen(); err != nil {
 		return fail(err)

@@ -9,6 +9,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
+
+	"github.com/keelplatform/keel/internal/wire"
 )
 
 // Method is what the call policy knows of the procedure a call invokes.
@@ -55,7 +57,7 @@ func methodOf(req *http.Request) Method {
 	if registered {
 		methods.Store(path, m)
 	} else {
-		m.Unary = connectUnary(req)
+		m.Unary = wire.ConnectUnary(req)
 	}
 	if req.Method == http.MethodGet {
 		m.Unary, m.Idempotent, m.ReadOnly = true, true, true
@@ -101,15 +103,4 @@ func lookupMethod(path string) (Method, bool) {
 		Idempotent: level == descriptorpb.MethodOptions_NO_SIDE_EFFECTS || level == descriptorpb.MethodOptions_IDEMPOTENT,
 		ReadOnly:   level == descriptorpb.MethodOptions_NO_SIDE_EFFECTS,
 	}, true
-}
-
-// connectUnary reports whether req is a unary Connect call: a GET, or a
-// POST of application/proto or application/json (Connect streams and gRPC
-// use other content types).
-func connectUnary(req *http.Request) bool {
-	if req.Method == http.MethodGet {
-		return true
-	}
-	ct := req.Header["Content-Type"]
-	return len(ct) == 1 && (strings.HasPrefix(ct[0], "application/proto") || strings.HasPrefix(ct[0], "application/json"))
 }

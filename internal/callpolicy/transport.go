@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +25,7 @@ import (
 	"github.com/keelplatform/keel/internal/h1pool"
 	"github.com/keelplatform/keel/internal/rpcstatus"
 	"github.com/keelplatform/keel/internal/shed"
+	"github.com/keelplatform/keel/internal/wire"
 )
 
 // ErrThrottled is wrapped by the error of a call rejected locally because
@@ -342,7 +341,7 @@ type call struct {
 }
 
 func (t *Transport) unary(ctx context.Context, u *upstream, p *policy, req *http.Request, m Method) (*http.Response, error) {
-	c := &call{t: t, u: u, p: p, req: req, m: m, h1: connectUnary(req), pref: preferenceOf(req.Context())}
+	c := &call{t: t, u: u, p: p, req: req, m: m, h1: wire.ConnectUnary(req), pref: preferenceOf(req.Context())}
 	mp := p.method(m)
 	if mp.hedged {
 		c.hedging = true
@@ -660,10 +659,9 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// setTimeout writes the time left before ctx's deadline into the header
-// the request's protocol reads it from (grpc-timeout for gRPC and
-// gRPC-Web, connect-timeout-ms for Connect). It reports false when no
-// time is left.
+// setTimeout writes the time left before ctx's deadline into the
+// request's timeout header ([wire.WriteTimeout]). It reports false when
+// no time is left.
 func setTimeout(h http.Header, ctx context.Context) bool {
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -673,18 +671,7 @@ func setTimeout(h http.Header, ctx context.Context) bool {
 	if left <= 0 {
 		return false
 	}
-	ms := int64((left + time.Millisecond - 1) / time.Millisecond)
-	if ct := h["Content-Type"]; len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
-		var buf [24]byte
-		// At most 8 digits (gRPC's limit), in milliseconds or seconds.
-		if ms < 1e8 {
-			h["Grpc-Timeout"] = []string{string(append(strconv.AppendInt(buf[:0], ms, 10), 'm'))}
-		} else {
-			h["Grpc-Timeout"] = []string{string(append(strconv.AppendInt(buf[:0], min(ms/1000, 1e8-1), 10), 'S'))}
-		}
-		return true
-	}
-	h["Connect-Timeout-Ms"] = []string{strconv.FormatInt(min(ms, 9999999999), 10)}
+	wire.WriteTimeout(h, left)
 	return true
 }
 

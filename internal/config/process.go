@@ -58,6 +58,16 @@ type Server struct {
 	// NOT_SERVING, once shutdown starts; it must not be negative. Dynamic.
 	// Default 0.
 	DrainDelay time.Duration `yaml:"drain_delay"`
+	// MaxTimeout is the longest deadline a caller may give a call this
+	// process answers, from 100ms to 1h. A caller asking for more (a
+	// connect-timeout-ms of ten digits) gets this much: the call's
+	// deadline, the one it carries downstream, and the time the client
+	// may take to send its request all end there, so a client trickling
+	// its body cannot hold a connection longer. A unary Connect call that
+	// asks for no deadline gets this one. Dynamic. Default 15s, a few
+	// seconds above the longest deadline the platform's own calls use
+	// (calls/timeout, 10s).
+	MaxTimeout time.Duration `yaml:"max_timeout"`
 }
 
 // Limits of [Server.MaxRequestBytes].
@@ -74,6 +84,7 @@ func DefaultProcess() Process {
 			Addr:            "127.0.0.1:0",
 			MaxRequestBytes: 4 << 20,
 			ShutdownTimeout: 10 * time.Second,
+			MaxTimeout:      15 * time.Second,
 		},
 		Calls:    DefaultCalls(),
 		Shedding: DefaultShedding(),
@@ -102,6 +113,9 @@ func (p Process) Validate() error {
 	}
 	if d := p.Server.DrainDelay; d < 0 {
 		errs = append(errs, &KeyError{Key: "server/drain_delay", Err: fmt.Errorf("%s must not be negative", d)})
+	}
+	if d := p.Server.MaxTimeout; d < 100*time.Millisecond || d > time.Hour {
+		errs = append(errs, &KeyError{Key: "server/max_timeout", Err: fmt.Errorf("%s is out of range [100ms, 1h0m0s]", d)})
 	}
 	errs = append(errs, p.Calls.validate("calls")...)
 	errs = append(errs, p.Shedding.validate("shedding")...)

@@ -22,6 +22,7 @@ import (
 	"net/http/pprof"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -60,6 +61,9 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight calls may run after the
 	// listener closes; calls still running then are cut off. Default 10s.
 	ShutdownTimeout time.Duration
+	// MaxTimeout caps the deadline a caller may ask for; see
+	// config.Server.MaxTimeout. Default 15s.
+	MaxTimeout time.Duration
 	// Shedding is the adaptive load shedding of the calls the server
 	// answers. The zero value is off; [ConfigFrom] turns it on as
 	// configured.
@@ -75,6 +79,7 @@ func ConfigFrom(p config.Process) Config {
 		MaxRequestBytes: p.Server.MaxRequestBytes,
 		DrainDelay:      p.Server.DrainDelay,
 		ShutdownTimeout: p.Server.ShutdownTimeout,
+		MaxTimeout:      p.Server.MaxTimeout,
 		Shedding:        p.Shedding,
 	}
 }
@@ -98,6 +103,9 @@ func (c Config) withDefaults() Config {
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
+	if c.MaxTimeout <= 0 {
+		c.MaxTimeout = 15 * time.Second
+	}
 	return c
 }
 
@@ -117,6 +125,9 @@ type Server struct {
 	limiter  *shed.Limiter // nil without shedding
 	initErr  error         // reported by Listen and Serve
 	catchAll bool          // "/" is mounted; otherwise unknown paths get 404
+
+	// maxTimeout is Config.MaxTimeout as reloads change it, in ns.
+	maxTimeout atomic.Int64
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -143,6 +154,7 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 		errors:  connect.NewErrorWriter(),
 		metrics: newMetrics(extra.registry),
 	}
+	s.maxTimeout.Store(int64(cfg.MaxTimeout))
 	s.options = []connect.HandlerOption{
 		// Outermost, so that recovered panics count as internal errors.
 		connect.WithInterceptors(s.metrics),
@@ -235,6 +247,14 @@ func (s *Server) HandleHTTP(pattern string, h http.Handler) {
 // SetShedding applies new load-shedding settings, as configuration
 // reloads do.
 func (s *Server) SetShedding(sh config.Shedding) { s.limiter.Set(sh) }
+
+// SetMaxTimeout changes the longest deadline a caller may ask for, as
+// configuration reloads do; a non-positive d keeps the current one.
+func (s *Server) SetMaxTimeout(d time.Duration) {
+	if d > 0 {
+		s.maxTimeout.Store(int64(d))
+	}
+}
 
 // Services lists the fully qualified names of the mounted services.
 func (s *Server) Services() []string {
@@ -338,6 +358,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, wrap := range s.extra.middleware {
 		handler = wrap(handler)
 	}
+	handler = capTimeout(handler, &s.maxTimeout)
 	httpServer := NewHTTPServer(handler, s.cfg)
 	httpServer.ErrorLog = slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn)
 
