@@ -259,7 +259,9 @@ type postgres struct {
 	port                    int
 }
 
-func startPostgres(ctx context.Context) (*postgres, error) {
+// startPostgres starts a cluster in a new directory under base (the
+// system's temporary directory when base is empty).
+func startPostgres(ctx context.Context, base string) (*postgres, error) {
 	bin := os.Getenv("KEEL_PG_BIN")
 	if bin == "" {
 		dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
@@ -273,7 +275,7 @@ func startPostgres(ctx context.Context) (*postgres, error) {
 		return nil, errors.New("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin (install them with scripts/test-deps.sh) or KEEL_PG_BIN")
 	}
 	pg := &postgres{bin: bin}
-	root, err := os.MkdirTemp("", "keel-drill-pg-")
+	root, err := os.MkdirTemp(base, "postgres-")
 	if err != nil {
 		return nil, err
 	}
@@ -319,9 +321,13 @@ func (pg *postgres) dsn(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", pg.port, db)
 }
 
-func (pg *postgres) stop() {
-	_ = pg.run("pg_ctl", "-D", pg.data, "-m", "immediate", "-w", "stop")
-	_ = os.RemoveAll(pg.root)
+// stop stops the server; keep leaves its files (start it again with
+// pg_ctl -D <root>/data start to read the books after a drill).
+func (pg *postgres) stop(keep bool) {
+	_ = pg.run("pg_ctl", "-D", pg.data, "-m", "fast", "-w", "stop")
+	if !keep {
+		_ = os.RemoveAll(pg.root)
+	}
 }
 
 func (pg *postgres) run(name string, args ...string) error {

@@ -154,7 +154,11 @@ func bringUp(ctx context.Context, opts Options, dir string, log io.Writer) (*pla
 	}
 	p.logf("consul agent on %s, configuration pushed", p.agent.addr)
 
-	if p.pg, err = startPostgres(ctx); err != nil {
+	pgBase := "" // the system's: the postgres OS user must reach it
+	if opts.Dir != "" {
+		pgBase = dir
+	}
+	if p.pg, err = startPostgres(ctx, pgBase); err != nil {
 		return p, err
 	}
 	p.logf("postgres on 127.0.0.1:%d", p.pg.port)
@@ -406,7 +410,7 @@ func (p *platform) tearDown(keep bool) {
 		p.agent.stop()
 	}
 	if p.pg != nil {
-		p.pg.stop()
+		p.pg.stop(keep)
 	}
 	if !keep && p.dir != "" {
 		_ = os.RemoveAll(p.dir)

@@ -213,8 +213,12 @@ func (r *Report) spreadFailures() []string {
 	for _, s := range r.Spread {
 		if !s.Pass {
 			f := r.faultNamed(s.Fault)
-			out = append(out, fmt.Sprintf("fault spread: during %s (%s), %s calls, which need none of %v, succeeded %.1f%% (%d of %d; %s)",
-				s.Fault, f.Detail, s.Kind, append(append([]string(nil), f.Affects...), f.Kinds...), s.Pct, s.OK, s.Calls, s.Codes))
+			baseline := "no calls"
+			if st := r.Availability["before"][s.Kind]; st != nil {
+				baseline = fmt.Sprintf("%.1f%%", st.Pct)
+			}
+			out = append(out, fmt.Sprintf("fault spread: during %s (%s), %s calls, which need none of %v, succeeded %.1f%% (%d of %d; %s; before any fault: %s)",
+				s.Fault, f.Detail, s.Kind, append(append([]string(nil), f.Affects...), f.Kinds...), s.Pct, s.OK, s.Calls, s.Codes, baseline))
 		}
 	}
 	return out
