@@ -25,7 +25,7 @@ func drill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags.IntVar(&opts.MaxFaults, "max-faults", 0, "at most this many faults (0: as many as fit in the duration)")
 	flags.DurationVar(&opts.Recovery, "recovery", 60*time.Second, "how long the platform may take to recover once faults and traffic stop")
 	flags.StringVar(&opts.Dir, "keep-dir", "", "keep binaries, logs and data in this directory (default: a temporary one, removed)")
-	flags.StringVar(&opts.Sabotage, "sabotage", "", "break the books on purpose before reconciling, to see the drill fail: lost-order, double-charge, lost-account (comma-separated)")
+	flags.StringVar(&opts.Sabotage, "sabotage", "", "break the books on purpose before reconciling, to see the drill fail: lost-order, double-charge, lost-account, provider-charge (comma-separated)")
 	jsonPath := flags.String("json", "", "also write the report as JSON to this file")
 	if err := flags.Parse(args); err != nil {
 		return err

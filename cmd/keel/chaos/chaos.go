@@ -231,7 +231,9 @@ func errSuffix(e string) string {
 // reconciler catches what it should:
 //   - lost-order: one order acknowledged CONFIRMED is turned CANCELLED;
 //   - double-charge: one charge is written to the ledger twice;
-//   - lost-account: one acknowledged account is deleted.
+//   - lost-account: one acknowledged account is deleted;
+//   - provider-charge: the payment provider's books get a charge the
+//     ledger does not hold (money taken and never recorded).
 func sabotage(ctx context.Context, kind string, p *platform) error {
 	var db, q string
 	switch kind {
@@ -243,8 +245,10 @@ func sabotage(ctx context.Context, kind string, p *platform) error {
 			FROM ledger_entries WHERE kind = 'charge' ORDER BY idempotency_key LIMIT 1`
 	case "lost-account":
 		db, q = "user", `DELETE FROM users WHERE id = (SELECT id FROM users ORDER BY email DESC LIMIT 1)`
+	case "provider-charge":
+		return sabotageProvider(ctx, p)
 	default:
-		return fmt.Errorf("unknown sabotage %q (lost-order, double-charge, lost-account)", kind)
+		return fmt.Errorf("unknown sabotage %q (lost-order, double-charge, lost-account, provider-charge)", kind)
 	}
 	conn, err := openDB(p, db)
 	if err != nil {

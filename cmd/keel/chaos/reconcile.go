@@ -32,9 +32,10 @@ type books struct {
 		Charges      int   `json:"charge_entries"`
 		Refunds      int   `json:"refund_entries"`
 	} `json:"payment_ledger"`
-	Provider string         `json:"provider"`
-	Stock    []stockRow     `json:"stock"`
-	Sagas    map[string]int `json:"sagas"`
+	Provider      string         `json:"provider"`
+	ProviderBooks *providerSide  `json:"provider_books"`
+	Stock         []stockRow     `json:"stock"`
+	Sagas         map[string]int `json:"sagas"`
 }
 
 type stockRow struct {
@@ -320,7 +321,7 @@ func (p *platform) reconcile(ctx context.Context, tr *traffic) (*books, []string
 	if b.Payment.NetMinor != b.Orders.ConfirmedMinor {
 		badf("books: the payment ledger holds %d net, the confirmed orders total %d", b.Payment.NetMinor, b.Orders.ConfirmedMinor)
 	}
-	b.Provider = "not reconciled: the payment simulator keeps no books readable from outside (yet); money is reconciled on the payment service's ledger"
+	bad = append(bad, p.providerBooks(ctx, payDB, b)...)
 	return b, bad, nil
 }
 

@@ -335,6 +335,7 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "  payment ledger:  %d payments, %d charges %d - %d refunds %d = net %d\n",
 			b.Payment.Payments, b.Payment.Charges, b.Payment.ChargedMinor, b.Payment.Refunds, b.Payment.RefundMinor, b.Payment.NetMinor)
 		fmt.Fprintf(w, "  provider:        %s\n", b.Provider)
+		fmt.Fprintf(w, "  (three books: the confirmed orders' total, the ledger's net and the provider's net must be one number)\n")
 		fmt.Fprintf(w, "  sagas:           %s\n", mapList(b.Sagas))
 		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 		fmt.Fprintf(tw, "  stock\tinitial\tconfirmed lines\tavailable\theld\treserved\tcommitted\n")
