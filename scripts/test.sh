@@ -62,6 +62,9 @@ export KEEL_CONSUL_BIN KEEL_JAEGER_BIN
 
 step "lint"
 make --no-print-directory lint
+# The contracts' dependency graph: no cycle, and every service's code
+# calls exactly the peers its contract declares.
+go run ./cmd/keel graph --check
 
 step "checkgenerate"
 make --no-print-directory checkgenerate

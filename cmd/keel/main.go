@@ -38,6 +38,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return configCmd(ctx, args[1:], stdout, stderr)
 	case "drill":
 		return drill(ctx, args[1:], stdout, stderr)
+	case "graph":
+		return graph(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keel", version)
 		return nil
@@ -57,6 +59,7 @@ Commands:
   up        start every service and the edge on loopback (Ctrl-C stops them)
   config    push seed config files to Consul KV, or diff them (push|diff --env ENV)
   drill     chaos drill: faults under traffic, then the books reconciled (fails on any discrepancy)
+  graph     the services' dependency graph from the contracts (Mermaid, dot or JSON); --check fails on a cycle or a mismatch with the code
   version   print the version
 
 Run "keel <command> -h" for a command's flags.

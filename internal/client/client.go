@@ -8,8 +8,12 @@
 package client
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
+	"sync"
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +30,22 @@ type Peers struct {
 	transport *callpolicy.Transport
 	http      *http.Client
 	options   []connect.ClientOption
+	declared  *Declared
+
+	mu        sync.Mutex
+	connected []string // logical names Connect was called with
+	errs      []error
+}
+
+// Declared is what a process's contract says of the peers it calls: its
+// (keel.options.v1.service).depends_on, by logical name.
+type Declared struct {
+	// Contract is the protobuf service the process serves, for messages:
+	// "shop.order.v1.OrderService".
+	Contract string
+	// Peers are the logical names of the services the contract declares
+	// it depends on.
+	Peers []string
 }
 
 // Options say how peers are called. The zero value of each field means
@@ -41,6 +61,11 @@ type Options struct {
 	// Interceptors run on every call, e.g. to pass the caller's identity
 	// on. Default none.
 	Interceptors []connect.Interceptor
+	// Declared, when set, holds the process to its contract: [Connect] to
+	// a peer the contract does not declare is an error that [Peers.Err]
+	// reports (and boot refuses to start the process). Default nil: any
+	// peer, as the edge calls every routed service.
+	Declared *Declared
 }
 
 // New returns peers resolved through resolver and called as opts say.
@@ -54,7 +79,7 @@ func New(resolver discovery.Resolver, opts Options) (*Peers, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	p := &Peers{transport: t, http: &http.Client{Transport: t}}
+	p := &Peers{transport: t, http: &http.Client{Transport: t}, declared: opts.Declared}
 	if interceptor, ok := opts.Telemetry.ClientInterceptor(); ok {
 		p.options = append(p.options, connect.WithInterceptors(interceptor))
 	}
@@ -85,5 +110,37 @@ func Connect[C any](
 	newClient func(connect.HTTPClient, string, ...connect.ClientOption) C,
 	opts ...connect.ClientOption,
 ) C {
+	p.connect(service)
 	return newClient(p.http, p.BaseURL(service), append(append([]connect.ClientOption(nil), p.options...), opts...)...)
+}
+
+// connect records that the process calls service, and an error when its
+// contract does not declare it.
+func (p *Peers) connect(service string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !slices.Contains(p.connected, service) {
+		p.connected = append(p.connected, service)
+	}
+	if d := p.declared; d != nil && !slices.Contains(d.Peers, service) {
+		root, _, _ := strings.Cut(d.Contract, ".")
+		p.errs = append(p.errs, fmt.Errorf("%s calls peer %q, which its contract does not declare: add option (keel.options.v1.service).depends_on = \"%s.%s.v1.<Service>\"; (the protobuf service %q serves) to service %s, then make generate",
+			d.Contract, service, root, service, service, d.Contract))
+	}
+}
+
+// Err reports every peer the process connected to that its contract does
+// not declare (see [Options.Declared]), nil when there is none.
+func (p *Peers) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return errors.Join(p.errs...)
+}
+
+// Connected lists the logical names of the peers [Connect] built clients
+// for, in the order of their first client.
+func (p *Peers) Connected() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.connected)
 }

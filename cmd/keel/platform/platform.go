@@ -71,8 +71,10 @@ type Platform struct {
 	stopOne map[string]context.CancelFunc
 }
 
-// Start boots every service, then the edge, and returns once all of them
-// listen and are registered. They serve until ctx is done.
+// Start boots every service, dependencies first ([InStartOrder]), then
+// the edge, and returns once all of them listen and are registered. They
+// serve until ctx is done; then the edge drains first, and the services
+// stop in the reverse of their start order.
 func Start(ctx context.Context, opts Options) (*Platform, error) {
 	if opts.Backend == nil {
 		opts.Backend = boot.Static{Discovery: discovery.NewStatic()}
@@ -117,7 +119,11 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 		return nil, err
 	}
 
-	for _, svc := range Services() {
+	services, err := InStartOrder()
+	if err != nil {
+		return fail(err)
+	}
+	for _, svc := range services {
 		svcCtx, stopSvc := context.WithCancel(servicesCtx)
 		p.stopOne[svc.Name] = stopSvc
 		r, err := svc.Start(svcCtx, bootOpts(svc.Name, keys(map[string]string{
@@ -147,6 +153,12 @@ func Start(ctx context.Context, opts Options) (*Platform, error) {
 	p.edge = e
 	go func() {
 		_ = e.Wait()
+		// Callers first: each service stops, and drains, before the
+		// services it calls.
+		for i := len(p.services) - 1; i >= 0; i-- {
+			p.stopOne[p.services[i].Instance.Service]()
+			_ = p.services[i].Wait()
+		}
 		stopServices()
 	}()
 	return p, nil

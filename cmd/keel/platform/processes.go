@@ -13,6 +13,7 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/boot"
 	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/depgraph"
 	inventoryservice "github.com/keelplatform/keel/services/inventory/service"
 	orderservice "github.com/keelplatform/keel/services/order/service"
 	paymentservice "github.com/keelplatform/keel/services/payment/service"
@@ -57,9 +58,10 @@ func process[T boot.Settings](svc boot.Service[T], contracts ...string) Process 
 	}
 }
 
-// Services lists the shop's services in the order `keel up` starts them
-// (peers before the services that call them). Adding a service to the
-// platform is adding it here.
+// Services lists the shop's services. Adding a service to the platform
+// is adding it here; `keel up` starts them in the order of their
+// contracts' dependency graph ([InStartOrder]), whatever their order
+// here.
 func Services() []Process {
 	return []Process{
 		process(userservice.Service(), userv1connect.UserServiceName),
@@ -114,4 +116,37 @@ func (p Process) CheckSeed(path string, data []byte) error {
 // files in dir for env, without Consul or the environment.
 func (p Process) Settings(ctx context.Context, env config.Env, dir string) (config.Process, error) {
 	return p.load(ctx, env, dir)
+}
+
+// Graph is the dependency graph of [Services] as their contracts declare
+// it ((keel.options.v1.service).depends_on).
+func Graph() (*depgraph.Graph, error) {
+	var services []depgraph.Service
+	for _, p := range Services() {
+		services = append(services, depgraph.Service{Name: p.Name, Contracts: p.Contracts})
+	}
+	return depgraph.New(services)
+}
+
+// InStartOrder lists [Services] with every service after the services it
+// depends on: the order `keel up` starts them in. It fails on a
+// dependency cycle, naming its path.
+func InStartOrder() ([]Process, error) {
+	g, err := Graph()
+	if err != nil {
+		return nil, err
+	}
+	order, err := g.Order()
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]Process{}
+	for _, p := range Services() {
+		byName[p.Name] = p
+	}
+	out := make([]Process, 0, len(order))
+	for _, name := range order {
+		out = append(out, byName[name])
+	}
+	return out, nil
 }

@@ -126,3 +126,28 @@ func TestOrderOutageLeavesProductPagesAlone(t *testing.T) {
 		t.Fatalf("%d of %d product pages failed while only the order service was down", failed, pages)
 	}
 }
+
+// TestStartOrderFollowsTheGraph: `keel up` starts every service after
+// the services its contract depends on.
+func TestStartOrderFollowsTheGraph(t *testing.T) {
+	g, err := platform.Graph()
+	if err != nil {
+		t.Fatal(err)
+	}
+	order, err := platform.InStartOrder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(order) != len(platform.Services()) {
+		t.Fatalf("%d services in start order, %d in the platform", len(order), len(platform.Services()))
+	}
+	started := map[string]bool{}
+	for _, p := range order {
+		for _, dep := range g.Deps(p.Name) {
+			if !started[dep] {
+				t.Errorf("%s starts before %s, which it depends on", p.Name, dep)
+			}
+		}
+		started[p.Name] = true
+	}
+}
