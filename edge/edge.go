@@ -46,7 +46,8 @@ type Config struct {
 	// Routes overrides the logical service a protobuf service is routed to;
 	// by default "shop.user.v1.UserService" goes to "user".
 	Routes map[string]string
-	// AllowedOrigins are the browser origins allowed by CORS. Default ["*"].
+	// AllowedOrigins are the browser origins allowed by CORS; "*" allows
+	// any. Default none: no cross-origin call from a browser.
 	AllowedOrigins []string
 	// TrustedProxies are the networks (CIDR) of proxies in front of the
 	// edge whose X-Forwarded-For is kept. Default none.
@@ -102,9 +103,6 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 	}
 	if len(cfg.Services) == 0 {
 		return nil, errors.New("edge: no services to route")
-	}
-	if len(cfg.AllowedOrigins) == 0 {
-		cfg.AllowedOrigins = []string{"*"}
 	}
 	calls := config.DefaultCalls()
 	if cfg.Calls != nil {
@@ -183,10 +181,17 @@ func New(cfg Config, resolver discovery.Resolver, logger *slog.Logger) (*Edge, e
 }
 
 // SetAllowedOrigins replaces the browser origins CORS allows; "*" allows
-// any. It takes effect for the next request.
+// any, none allows no cross-origin call. It takes effect for the next
+// request.
 func (e *Edge) SetAllowedOrigins(origins []string) {
+	var none func(string) bool
+	if len(origins) == 0 {
+		// The CORS package reads no origins as any origin.
+		none = func(string) bool { return false }
+	}
 	e.cors.Store(cors.New(cors.Options{
-		AllowedOrigins: origins,
+		AllowedOrigins:  origins,
+		AllowOriginFunc: none,
 		// Connect's methods, and those REST routes use besides.
 		AllowedMethods: append(connectcors.AllowedMethods(), http.MethodPut, http.MethodPatch, http.MethodDelete),
 		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),

@@ -477,7 +477,7 @@ func TestServiceWithoutInstancesIsUnavailable(t *testing.T) {
 
 func TestCORSPreflightAllowsConnectAndAuthorization(t *testing.T) {
 	t.Parallel()
-	f := startEdge(t)
+	f := startEdgeWith(t, func(c *edge.Config) { c.AllowedOrigins = []string{"*"} })
 	req, _ := http.NewRequest(http.MethodOptions, f.url+"/"+echoService+"/Wait", nil)
 	req.Header.Set("Origin", "http://localhost:5173")
 	req.Header.Set("Access-Control-Request-Method", "POST")
@@ -492,8 +492,8 @@ func TestCORSPreflightAllowsConnectAndAuthorization(t *testing.T) {
 		t.Fatalf("preflight: %d allow-headers=%q", res.StatusCode, allowed)
 	}
 	// Logins travel in the Authorization header, never in cookies: the
-	// edge never allows credentials, so a wildcard origin (the default
-	// outside prod) cannot hand a browser's cookies to any site.
+	// edge never allows credentials, so a wildcard origin (what the test
+	// environment configures) cannot hand a browser's cookies to any site.
 	if c := res.Header.Get("Access-Control-Allow-Credentials"); c != "" {
 		t.Fatalf("preflight allows credentials (%q) with origins %q", c, res.Header.Get("Access-Control-Allow-Origin"))
 	}

@@ -112,7 +112,8 @@ type Env[T Settings] struct {
 	Peers *client.Peers
 	// Identities verifies the identity the edge vouches for on the calls
 	// the process answers, and passes it on to peers; keyed by
-	// KEEL_IDENTITY_KEY (none: no identity is believed).
+	// KEEL_IDENTITY_KEY (none, in local and test only: no identity is
+	// believed; elsewhere [Start] refuses to start without it).
 	Identities *auth.Identities
 }
 
@@ -180,6 +181,8 @@ func (r *Running) Wait() error {
 
 // Start builds, listens and registers the process, then serves it in the
 // background until ctx is done. It returns once the process listens.
+// Outside the local and test environments it refuses to start a process
+// without an identity key (KEEL_IDENTITY_KEY), which would answer anyone.
 func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Running, error) {
 	if opts.LookupEnv == nil {
 		opts.LookupEnv = os.LookupEnv
@@ -251,6 +254,9 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		return fail(err)
 	}
 	if !identities.Keyed() {
+		if !keylessAllowed(opts.Env) {
+			return fail(errNoIdentityKey(opts.Env))
+		}
 		logger.Warn(auth.IdentityKeyVar + " is not set: this process believes no identity and requires none, so anyone who reaches it may call every method; set the environment's identity key wherever it takes traffic")
 	}
 	calls := watcher.Current().ProcessConfig().Calls
@@ -337,6 +343,21 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 	}()
 	logger.Info("started", slog.String("env", string(opts.Env)), slog.String("addr", inst.Addr), slog.String("id", inst.ID))
 	return r, nil
+}
+
+// keylessAllowed reports whether a process of env may run without an
+// identity key, believing no identity and requiring none: on a
+// developer's machine and in tests only. Anywhere else it would let
+// anyone who reaches it call every method.
+func keylessAllowed(env config.Env) bool {
+	return env == config.EnvLocal || env == config.EnvTest
+}
+
+// errNoIdentityKey is why a process of env, where an identity key is
+// required, does not start without one.
+func errNoIdentityKey(env config.Env) error {
+	return fmt.Errorf("%s is not set: in the %s environment every process needs the environment's identity key, at least %d bytes, the same for the edge and every service (it runs without one only with %s=%s or %s); set %s",
+		auth.IdentityKeyVar, env, auth.MinKeyLen, config.EnvVar, config.EnvLocal, config.EnvTest, auth.IdentityKeyVar)
 }
 
 // shutdownTelemetry exports the spans still buffered, within a bound.
