@@ -379,10 +379,14 @@ func (tr *traffic) checkAccounts(ctx context.Context) (checked int, bad []string
 }
 
 func shortReason(r string) string {
+	lower := strings.ToLower(r)
 	switch {
-	case strings.Contains(r, "declined"):
+	case strings.Contains(lower, "permission_denied"):
+		step, _, _ := strings.Cut(r, ":")
+		return step + ": permission_denied"
+	case strings.Contains(lower, "declined"):
 		return "payment declined"
-	case strings.Contains(strings.ToLower(r), "stock"):
+	case strings.Contains(lower, "insufficient") || strings.Contains(lower, "out of stock"):
 		return "out of stock"
 	case r == "":
 		return "(none)"
