@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/keelplatform/keel/internal/auth"
 	"github.com/keelplatform/keel/internal/client"
 	"github.com/keelplatform/keel/internal/config"
+	"github.com/keelplatform/keel/internal/depgraph"
 	"github.com/keelplatform/keel/internal/discovery"
 	"github.com/keelplatform/keel/internal/logging"
 	"github.com/keelplatform/keel/internal/server"
@@ -260,9 +262,14 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 		logger.Warn(auth.IdentityKeyVar + " is not set: this process believes no identity and requires none, so anyone who reaches it may call every method; set the environment's identity key wherever it takes traffic")
 	}
 	calls := watcher.Current().ProcessConfig().Calls
+	declared, err := declaredPeers(svc.Meta["services"])
+	if err != nil {
+		return fail(err)
+	}
 	peers, err := client.New(opts.Backend.Resolver(), client.Options{
 		Calls: &calls, Metrics: registry, Telemetry: tel,
 		Interceptors: []connect.Interceptor{identities},
+		Declared:     declared,
 	})
 	if err != nil {
 		return fail(err)
@@ -285,6 +292,16 @@ func Start[T Settings](ctx context.Context, svc Service[T], opts Options) (*Runn
 	if err != nil {
 		proc = nil // a failed Build releases what it made itself
 		return fail(err)
+	}
+	if err := peers.Err(); err != nil {
+		return fail(err)
+	}
+	if declared != nil {
+		for _, peer := range declared.Peers {
+			if !slices.Contains(peers.Connected(), peer) {
+				logger.Warn("the contract declares a peer the service never calls; drop it from depends_on", slog.String("contract", declared.Contract), slog.String("peer", peer))
+			}
+		}
 	}
 	if h, ok := proc.(AdminProcess); ok {
 		h.HandleAdmin("GET "+ConfigStatusPath, configStatusHandler(watcher.Status))
@@ -407,4 +424,27 @@ func buildVersion() string {
 		}
 	}
 	return "dev"
+}
+
+// declaredPeers reads what the contract a process serves (its discovery
+// metadata "services", the protobuf service's full name) declares in
+// depends_on, by the logical names that serve those services; nil for a
+// process that serves no contract of its own (the edge).
+func declaredPeers(contract string) (*client.Declared, error) {
+	if contract == "" {
+		return nil, nil
+	}
+	deps, err := depgraph.DependsOn(contract)
+	if err != nil {
+		return nil, fmt.Errorf("read the peers its contract declares: %w", err)
+	}
+	d := &client.Declared{Contract: contract}
+	for _, dep := range deps {
+		name, ok := discovery.ServiceName(dep)
+		if !ok {
+			return nil, fmt.Errorf("%s depends on %q, which is not a fully qualified protobuf service", contract, dep)
+		}
+		d.Peers = append(d.Peers, name)
+	}
+	return d, nil
 }
