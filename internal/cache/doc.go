@@ -52,14 +52,16 @@
 //     additions Redis missed are applied when it is back. [New] succeeds
 //     without Redis and connects once it appears.
 //   - A filter never rejects an id added to it, within what one process
-//     can know: every process's filter lets every id through while its
-//     own Redis calls fail or the breaker is open, and the filter of a
-//     process whose [Filter.Add] Redis missed (Add returned an error)
-//     lets every id through until the add is written, which it retries
-//     by itself. Other processes cannot know of that add: they may
-//     reject the id until it reaches Redis. An Add that returned nil is
-//     in Redis: no process rejects the id once Redis's invalidation of
-//     its copy of the filter reaches it (within a round trip).
+//     can know: every process's filter lets every id through while the
+//     breaker is open or its own Redis calls fail (once one has failed,
+//     it reads the filter in Redis rather than its copy in memory, until
+//     Redis answers), and the filter of a process whose [Filter.Add]
+//     Redis missed (Add returned an error) lets every id through until
+//     the add is written, which it retries by itself. Other processes
+//     cannot know of that add: they may reject the id until it reaches
+//     Redis. An Add that returned nil is in Redis: no process rejects
+//     the id once Redis's invalidation of its copy of the filter reaches
+//     it (within a round trip).
 //
 // Keys in Redis are key_prefix + name + ":" + key and hold a tagged value
 // ("v" and the bytes, "n" for does-not-exist, "l" and a token for a

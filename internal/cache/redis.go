@@ -519,6 +519,7 @@ func (r *redisStore) flush() {
 	r.mu.Unlock()
 
 	ctx := context.Background()
+	deleted := 0
 	for k := range dels {
 		res := r.do(ctx, func(b rueidis.Builder) rueidis.Completed { return b.Del().Key(k).Build() })
 		if res.Error() != nil {
@@ -526,7 +527,11 @@ func (r *redisStore) flush() {
 			return
 		}
 		delete(dels, k)
+		deleted++
 		r.markRecent(k, now()+int64(recentFor))
+	}
+	if deleted > 0 {
+		r.log.Info("cache: deleted keys invalidated while Redis was unreachable", "keys", deleted)
 	}
 	for k := range lost {
 		// Bit 0 clear: unbuilt, so the filter lets every id through.
@@ -549,9 +554,6 @@ func (r *redisStore) flush() {
 		}
 		delete(bits, k)
 		r.flushed(k)
-	}
-	if len(dels) > 0 {
-		r.log.Info("cache: deleted keys invalidated while Redis was unreachable", "keys", len(dels))
 	}
 }
 
