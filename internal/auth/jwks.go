@@ -159,11 +159,11 @@ func (j *JWKS) key(ctx context.Context, kid string) (publishedKey, error) {
 	}
 	f := j.inFlight
 	if f == nil {
-		switch {
-		case j.keys != nil && now.Sub(j.fetched) < minRefresh:
+		if j.keys != nil && now.Sub(j.fetched) < minRefresh {
 			j.mu.Unlock()
 			return publishedKey{}, fmt.Errorf("%w: %q", errUnknownKey, kid)
-		case !idle:
+		}
+		if !idle { // a failed fetch is backing off
 			err, wait := j.lastErr, j.retryAt.Sub(now)
 			j.mu.Unlock()
 			return publishedKey{}, fmt.Errorf("auth: key set unavailable, next fetch in %s: %w", wait, err)
