@@ -179,7 +179,10 @@ func (h *Handler) outcome(ctx context.Context, spec connect.Spec, id, hash strin
 		return nil, invalid("idempotency_key was already used with a different request")
 	}
 	if o.Status == order.Pending {
-		if _, err := h.sagas.Wait(ctx, id); err != nil {
+		// Waiting may take over the saga, when the instance that drove it
+		// died: its steps are then driven here, and are the platform's
+		// own calls, as in PlaceOrder, never the user's.
+		if _, err := h.sagas.Wait(auth.AsPlatform(ctx), id); err != nil {
 			return nil, h.sagaError(ctx, spec, id, err)
 		}
 		if o, err = h.store.Order(ctx, id); err != nil {
