@@ -80,3 +80,46 @@ func (a *accessLog) log(ctx context.Context, procedure, protocol string, start t
 	}
 	a.logger.LogAttrs(ctx, level, "rpc", attrs...)
 }
+
+// callerGone answers a call whose caller's deadline passed, or who went
+// away, while its handler ran with deadline_exceeded or canceled, when the
+// handler failed with internal or unknown: such a failure is nearly
+// always the handler's own work (a database query, a peer call) cut short
+// by the call's context, and reporting it as a server fault pages
+// operators for a slow client and hides the real code from the caller.
+type callerGone struct{}
+
+// WrapUnary implements [connect.Interceptor].
+func (callerGone) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		res, err := next(ctx, req)
+		return res, codeOfGoneCaller(ctx, err)
+	}
+}
+
+// WrapStreamingClient implements [connect.Interceptor].
+func (callerGone) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+// WrapStreamingHandler implements [connect.Interceptor].
+func (callerGone) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		return codeOfGoneCaller(ctx, next(ctx, conn))
+	}
+}
+
+// codeOfGoneCaller returns err, or, when err is internal or unknown and
+// ctx is done, the error of ctx's end in its own code.
+func codeOfGoneCaller(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil {
+		return err
+	}
+	if c := connect.CodeOf(err); c != connect.CodeInternal && c != connect.CodeUnknown {
+		return err
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("the call's deadline passed before it was answered"))
+	}
+	return connect.NewError(connect.CodeCanceled, errors.New("the caller went away before the call was answered"))
+}

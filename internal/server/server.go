@@ -165,7 +165,7 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) *Server {
 	}
 	s.options = append(s.options,
 		connect.WithRecover(s.recoverPanic),
-		connect.WithInterceptors(newAccessLog(logger)),
+		connect.WithInterceptors(newAccessLog(logger), callerGone{}),
 		connect.WithInterceptors(extra.interceptors...),
 		connect.WithInterceptors(noNUL{}, validate.NewInterceptor()),
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
