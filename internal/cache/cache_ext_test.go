@@ -385,7 +385,14 @@ func TestFilterLargerThanOneWrite(t *testing.T) {
 	for i := range ids {
 		ids[i] = "id-" + strconv.Itoa(i)
 	}
-	if err := f.Rebuild(ctx, cache.IDs(ids)); err != nil {
+	// The rebuild is not bound by the timeout of a call, even the
+	// shortest.
+	hasty := b.cache(t, func(cfg *cache.Config) { cfg.Timeout = time.Millisecond }, nil)
+	hf, err := hasty.NewFilter("ids", cache.DefaultFilterConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hf.Rebuild(ctx, cache.IDs(ids)); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
@@ -990,6 +997,65 @@ func TestInvalidateRefusedByRedis(t *testing.T) {
 	}
 }
 
+// TestInvalidatePartlyRefused: when Redis deletes one key of an
+// Invalidate but refuses another, Invalidate says so, and neither key is
+// read stale by the invalidating process.
+func TestInvalidatePartlyRefused(t *testing.T) {
+	b := newBackend(t, "redis")
+	ctx := context.Background()
+	other := b.cache(t, nil, nil)
+	s := newSource()
+	s.set("a", "a1")
+	s.set("b", "b1")
+	get(t, other, s, "a")
+	get(t, other, s, "b") // Redis holds a1 and b1
+	// The user may change keys under keel:test:a, only read keel:test:b.
+	restrictRedis(t, b, "~keel:test:a*", "%R~keel:test:b*", "+@all")
+	a := b.cache(t, nil, nil)
+	s.set("a", "a2")
+	s.set("b", "b2")
+	if err := a.Invalidate(ctx, "a", "b"); err == nil {
+		t.Fatal("Invalidate whose second delete Redis refused returned nil")
+	}
+	for range 3 {
+		if va, vb := get(t, a, s, "a"), get(t, a, s, "b"); va != "a2" || vb != "b2" {
+			t.Fatalf("read %q, %q after Invalidate, want a2, b2", va, vb)
+		}
+	}
+}
+
+// TestTooManyInvalidationsWhileRedisDown: while Redis is out of reach,
+// 100,000 invalidations wait for it; one more is dropped, and logged.
+func TestTooManyInvalidationsWhileRedisDown(t *testing.T) {
+	b := newBackend(t, "redis")
+	p := newCutProxy(t, b.redis.Addr())
+	b.logs = &logRecorder{}
+	reg := prometheus.NewRegistry()
+	c := b.cache(t, func(cfg *cache.Config) {
+		cfg.RedisAddr = p.addr()
+		// The first failure stops the calls to Redis, for the test's
+		// length: the invalidations just wait.
+		cfg.Breaker = cache.BreakerConfig{Failures: 1, Window: 1, OpenFor: time.Minute}
+	}, reg)
+	p.cut()
+	s := newSource()
+	s.set("x", "v")
+	eventually(t, 10*time.Second, "the breaker never opened", func() bool {
+		get(t, c, s, "x")
+		return metric(t, reg, "keel_cache_breaker_state", "cache", "test") == 2
+	})
+	keys := make([]string, 100_001)
+	for i := range keys {
+		keys[i] = "k" + strconv.Itoa(i)
+	}
+	if err := c.Invalidate(context.Background(), keys...); err == nil {
+		t.Fatal("Invalidate with Redis cut off returned nil")
+	}
+	if n := b.logs.count("cache: too many invalidations wait for Redis"); n != 1 {
+		t.Fatalf("%d invalidations dropped of 100,001 waiting for Redis, want 1", n)
+	}
+}
+
 // TestZeroNegativeTTLKeepsNothing: with negative_ttl 0, "does not
 // exist" is never cached: every read of an absent key loads.
 func TestZeroNegativeTTLKeepsNothing(t *testing.T) {
@@ -1080,6 +1146,18 @@ func TestFilterAddWhileRedisDown(t *testing.T) {
 // them again.
 func denyCommands(t *testing.T, b *backend, commands ...string) (allow func()) {
 	t.Helper()
+	rules := []string{"~*", "+@all"}
+	for _, c := range commands {
+		rules = append(rules, "-"+c)
+	}
+	return restrictRedis(t, b, rules...)
+}
+
+// restrictRedis makes the cache processes that b makes from now on log
+// in to Redis as a user with the ACL rules given (which keys, which
+// commands). allow lets the user do everything again.
+func restrictRedis(t *testing.T, b *backend, rules ...string) (allow func()) {
+	t.Helper()
 	rc := redisClient(t, b.redis)
 	acl := func(rules ...string) {
 		t.Helper()
@@ -1087,14 +1165,10 @@ func denyCommands(t *testing.T, b *backend, commands ...string) (allow func()) {
 			t.Fatal(err)
 		}
 	}
-	rules := []string{"on", ">secret", "~*", "&*", "+@all"}
-	for _, c := range commands {
-		rules = append(rules, "-"+c)
-	}
-	acl(rules...)
+	acl(append([]string{"reset", "on", ">secret", "&*"}, rules...)...)
 	t.Setenv("KEEL_REDIS_USERNAME", "svc")
 	t.Setenv("KEEL_REDIS_PASSWORD", "secret")
-	return func() { acl("+@all") }
+	return func() { acl("allkeys", "+@all") }
 }
 
 // denyFilterWrites is denyCommands of BITFIELD, which sets filter bits
@@ -1175,6 +1249,49 @@ func TestFilterFailedAddIsNotRejected(t *testing.T) {
 	}
 	if n := b.logs.count("cache: deleted keys"); n != 0 {
 		t.Fatalf("%d messages of deleted keys, when no key was invalidated", n)
+	}
+}
+
+// TestFilterManyFailedAddsKept: as many filter bits as wait for Redis
+// (100,000: here 100,000 ids of one bit each) are kept, not dropped:
+// once Redis takes writes the filter has them and is still built.
+func TestFilterManyFailedAddsKept(t *testing.T) {
+	b := newBackend(t, "redis")
+	ctx := context.Background()
+	fc := cache.FilterConfig{ExpectedItems: 100_000, FalsePositiveRate: 0.5} // one bit per id
+	other := b.cache(t, nil, nil)
+	fo, err := other.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fo.Rebuild(ctx, cache.IDs(nil)); err != nil {
+		t.Fatal(err)
+	}
+	allow := denyFilterWrites(t, b)
+	a := b.cache(t, nil, nil)
+	fa, err := a.NewFilter("ids", fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, 100_000)
+	for i := range ids {
+		ids[i] = "new-" + strconv.Itoa(i)
+	}
+	if err := fa.Add(ctx, ids...); err == nil {
+		t.Fatal("Add that Redis refused returned nil")
+	}
+	allow()
+	eventually(t, 10*time.Second, "the adds never reached Redis", func() bool {
+		return fo.MayContain(ctx, ids[0]) && fo.MayContain(ctx, ids[len(ids)-1])
+	})
+	rejected := 0
+	for i := range 100 {
+		if !fo.MayContain(ctx, "absent-"+strconv.Itoa(i)) {
+			rejected++
+		}
+	}
+	if rejected < 20 { // about half the bits are set
+		t.Fatalf("the filter rejected %d of 100 absent ids after the adds: it was marked unbuilt", rejected)
 	}
 }
 
@@ -1338,6 +1455,24 @@ func TestFilterFailsOpenWhileRedisDown(t *testing.T) {
 	letsThrough("hung")
 	b.redis.Resume()
 	eventually(t, 10*time.Second, "the filter never rejected absent ids again after Redis resumed", absent)
+	// And it reads its copy in memory again, not Redis.
+	rc := redisClient(t, b.redis)
+	reads := func() int {
+		info, err := rc.Do(ctx, rc.B().Info().Section("commandstats").Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, after, _ := strings.Cut(info, "cmdstat_bitfield_ro:calls=")
+		n, _ := strconv.Atoi(after[:strings.IndexByte(after, ',')])
+		return n
+	}
+	before := reads()
+	for range 50 {
+		absent()
+	}
+	if n := reads() - before; n > 40 {
+		t.Fatalf("%d reads of the filter in Redis for 50 rounds of the same 20 ids after Redis resumed, want them from memory", n)
+	}
 
 	b.redis.Kill()
 	if !f.MayContain(ctx, "not-asked-before-either") {
