@@ -200,9 +200,10 @@ func (c *Cache) GetChecked(ctx context.Context, f *Filter, key string, load Load
 // deletes them in Redis, which makes Redis drop the copies every process
 // keeps in memory, and this process stops trusting its own copies at
 // once: its reads that follow load again rather than wait for a load
-// begun before Invalidate, which may have read the old value. When Redis cannot be reached it returns an error; the keys are
-// then read from the loader by this process and deleted in Redis as soon
-// as it is back, so the caller may log the error and go on.
+// begun before Invalidate, which may have read the old value. When Redis
+// cannot be reached it returns an error; the keys are then read from the
+// loader by this process and deleted in Redis as soon as it is back, so
+// the caller may log the error and go on.
 func (c *Cache) Invalidate(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
