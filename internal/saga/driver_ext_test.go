@@ -21,12 +21,20 @@ import (
 // is the method's.
 type hookedStore struct {
 	*saga.MemStore
+	get        func()
 	save       func(rec saga.Record, ev saga.Event) error
 	renew      func() error
 	unfinished func() error
 	release    func(ctx context.Context) error
 
 	unfinishedCalls atomic.Int64
+}
+
+func (s *hookedStore) Get(ctx context.Context, id string) (saga.Record, error) {
+	if s.get != nil {
+		s.get()
+	}
+	return s.MemStore.Get(ctx, id)
 }
 
 func (s *hookedStore) Save(ctx context.Context, rec saga.Record, ev saga.Event) (saga.Record, error) {
@@ -376,6 +384,59 @@ func TestNewFillsInTheDefaults(t *testing.T) {
 	if out, err := a.Run(runCtx(t), "order-1", order{}); err != nil || out.Status != saga.Completed {
 		t.Errorf("Run with the defaults = %+v, %v", out, err)
 	}
+}
+
+// TestDefaultBackoffAndPollInterval: with the zero Options, a failed
+// action is retried after about 100ms, and a caller waiting for a saga
+// driven by another orchestrator reads the store every 500ms.
+func TestDefaultBackoffAndPollInterval(t *testing.T) {
+	t.Run("backoff", func(t *testing.T) {
+		l := newLedger().fail("do:"+reserve, first(1, lostBefore))
+		o := start(t, &saga.MemStore{}, placeOrder(l), saga.Options{Logger: slog.New(slog.DiscardHandler)})
+		began := time.Now()
+		if out, err := o.Run(runCtx(t), "order-1", order{}); err != nil || out.Status != saga.Completed {
+			t.Fatalf("Run = %+v, %v", out, err)
+		}
+		// 100ms, less the default jitter of a quarter.
+		if took := time.Since(began); took < 75*time.Millisecond {
+			t.Errorf("one retry took %v, want the default backoff of 100ms", took)
+		}
+	})
+	t.Run("poll interval", func(t *testing.T) {
+		var mu sync.Mutex
+		var reads []time.Time
+		store := &hookedStore{MemStore: &saga.MemStore{}}
+		store.get = func() {
+			mu.Lock()
+			reads = append(reads, time.Now())
+			mu.Unlock()
+		}
+		l := newLedger().fail("do:"+reserve, first(1, hang))
+		l.entered = make(chan string, 16)
+		def := placeOrder(l)
+		driver := start(t, store, def, options("driver"))
+		ctx, cancel := context.WithCancel(runCtx(t))
+		defer cancel()
+		go func() { _, _ = driver.Run(ctx, "order-1", order{}) }()
+		<-l.entered
+		waiter := start(t, store, def, saga.Options{Logger: slog.New(slog.DiscardHandler)})
+		wctx, wcancel := context.WithCancel(runCtx(t))
+		defer wcancel()
+		go func() { _, _ = waiter.Wait(wctx, "order-1") }()
+		var gap time.Duration
+		waitFor(t, "the waiter read the saga twice", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(reads) < 2 {
+				return false
+			}
+			gap = reads[1].Sub(reads[0])
+			return true
+		})
+		if gap < 450*time.Millisecond {
+			t.Errorf("the waiter read the store again after %v, want the default poll interval of 500ms", gap)
+		}
+	})
 }
 
 // TestRecoverResumesEveryInterval: Recover looks for orphans every

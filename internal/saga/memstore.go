@@ -87,7 +87,8 @@ func (m *MemStore) Get(_ context.Context, id string) (Record, error) {
 }
 
 // Unfinished implements [Store.Unfinished]. It returns the sagas oldest
-// first.
+// first, those created at the same time by id, so that resumes go in one
+// order from run to run.
 func (m *MemStore) Unfinished(_ context.Context, definition string) ([]Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -3,7 +3,9 @@ package saga_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/keelplatform/keel/internal/saga"
 	"github.com/keelplatform/keel/internal/saga/sagatest"
@@ -44,5 +46,42 @@ func TestMemStoreApplyFailureAbortsTheWrite(t *testing.T) {
 	}
 	if _, err := store.Get(ctx, "t"); !errors.Is(err, saga.ErrNotFound) {
 		t.Errorf("after a refused Create: %v, want no saga", err)
+	}
+}
+
+// TestMemStoreListsUnfinishedOldestFirst: Unfinished lists the unfinished
+// sagas of a definition oldest first, and those created at the same time
+// by id, always in the same order.
+func TestMemStoreListsUnfinishedOldestFirst(t *testing.T) {
+	clk := newClock()
+	store := &saga.MemStore{Now: clk.Now}
+	ctx := context.Background()
+	create := func(id, definition string, status saga.Status) {
+		t.Helper()
+		if _, _, err := store.Create(ctx, saga.Record{ID: id, Definition: definition, State: []byte(`{}`), Status: status}, leaseTTL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create("m", "d", saga.Running)
+	clk.Advance(time.Second)
+	for _, id := range []string{"c", "a", "b"} {
+		create(id, "d", saga.Compensating)
+	}
+	create("0-other", "e", saga.Running)
+	create("0-done", "d", saga.Completed)
+	clk.Advance(time.Second)
+	create("0-young", "d", saga.Running)
+	for range 5 {
+		recs, err := store.Unfinished(ctx, "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, r := range recs {
+			ids = append(ids, r.ID)
+		}
+		if want := []string{"m", "a", "b", "c", "0-young"}; !slices.Equal(ids, want) {
+			t.Fatalf("Unfinished listed %q, want %q", ids, want)
+		}
 	}
 }
