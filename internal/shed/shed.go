@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,26 @@ type limit struct {
 	settings   config.Shedding
 	lowShare   float64
 	retryAfter time.Duration
+	// lowMu makes a low-priority call's check of the share and its taking
+	// of a permit one step among low-priority calls.
+	lowMu sync.Mutex
+}
+
+// acquire takes a permit for a call if the limit has room; for a
+// low-priority call only while the calls in flight are below the
+// low-priority share of the limit. Low-priority calls check the share and
+// take their permit one at a time, so that no two of them both see the
+// last room of the share and take it twice.
+func (c *limit) acquire(low bool) (adaptivelimiter.Permit, bool) {
+	if !low {
+		return c.limiter.TryAcquirePermit()
+	}
+	c.lowMu.Lock()
+	defer c.lowMu.Unlock()
+	if float64(c.limiter.Inflight()) >= c.lowShare*float64(c.limiter.Limit()) {
+		return nil, false
+	}
+	return c.limiter.TryAcquirePermit()
 }
 
 // NewLimiter returns a limiter configured by s, with its metrics
@@ -191,13 +212,9 @@ func (l *Limiter) Middleware(next http.Handler) http.Handler {
 		low := false
 		if v := r.Header[PriorityHeader]; len(v) > 0 && strings.EqualFold(v[0], Low) {
 			low = true
-			if float64(c.limiter.Inflight()) >= c.lowShare*float64(c.limiter.Limit()) {
-				l.refuse(w, r, l.shedLow, c.retryAfter)
-				return
-			}
 			r = r.WithContext(WithLow(r.Context()))
 		}
-		permit, ok := c.limiter.TryAcquirePermit()
+		permit, ok := c.acquire(low)
 		if !ok {
 			if low {
 				l.refuse(w, r, l.shedLow, c.retryAfter)

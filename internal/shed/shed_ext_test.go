@@ -18,7 +18,6 @@ import (
 	"github.com/keelplatform/keel/gen/go/shop/user/v1/userv1connect"
 	"github.com/keelplatform/keel/internal/config"
 	"github.com/keelplatform/keel/internal/server"
-	"github.com/keelplatform/keel/internal/shed"
 	"github.com/keelplatform/keel/internal/testkit"
 )
 
@@ -140,14 +139,16 @@ func TestBurstPastCapacityIsRefusedAtOnce(t *testing.T) {
 				}
 			}
 			// Refusals come at once, not after waiting for room: the server
-			// spends next to nothing on each (timed at the server, so that
-			// the client's own work on 40 calls does not count).
+			// spends far less than a call's work on each (timed at the
+			// server, so that the client's own work on 40 calls does not
+			// count; half the work, as a loaded machine delays anything by
+			// tens of milliseconds).
 			users.mu.Lock()
 			served := slices.Clone(users.served)
 			users.mu.Unlock()
 			slices.Sort(served)
 			for _, d := range served[:refused] {
-				if d > 20*time.Millisecond {
+				if d > work/2 {
 					t.Errorf("the server took %v over a call it refused: refusals should come at once", d)
 					break
 				}
@@ -181,58 +182,25 @@ func hasRetryInfo(err *connect.Error) bool {
 	return false
 }
 
-// TestLowPriorityIsShedFirst: low-priority calls may use only their share
-// of the limit; normal calls still get the rest.
-func TestLowPriorityIsShedFirst(t *testing.T) {
-	t.Parallel()
-	_, url := serve(t, config.Shedding{Enabled: true, MinLimit: 1, MaxLimit: 8, InitialLimit: 8, LowPriorityShare: 0.25, RetryAfter: time.Second}, 150*time.Millisecond)
-	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), url)
-	low := func(h http.Header) { h.Set(shed.PriorityHeader, shed.Low) }
-
-	var wg sync.WaitGroup
-	var lowResults, normalResults []result
-	wg.Go(func() { lowResults = burst(c, 8, low) })
-	// Once the low-priority burst holds its share, normal calls still
-	// find room.
-	time.Sleep(30 * time.Millisecond)
-	wg.Go(func() { normalResults = burst(c, 4, nil) })
-	wg.Wait()
-
-	count := func(rs []result) (ok, refused int) {
-		for _, r := range rs {
-			switch {
-			case r.err == nil:
-				ok++
-			case connect.CodeOf(r.err) == connect.CodeResourceExhausted:
-				refused++
-			default:
-				t.Errorf("unexpected: %v", r.err)
-			}
-		}
-		return ok, refused
-	}
-	lowOK, lowRefused := count(lowResults)
-	normalOK, _ := count(normalResults)
-	if lowOK > 2 || lowRefused < 6 {
-		t.Fatalf("low priority: %d admitted, %d refused; want at most its share (2 of 8)", lowOK, lowRefused)
-	}
-	if normalOK != 4 {
-		t.Fatalf("normal priority: %d of 4 admitted while low-priority calls held only their share", normalOK)
-	}
-}
-
-// TestHealthIsNeverShed: a saturated server still answers health checks.
+// TestHealthIsNeverShed: a saturated server, one that sheds a normal
+// call at that moment, still answers health checks.
 func TestHealthIsNeverShed(t *testing.T) {
 	t.Parallel()
-	_, url := serve(t, config.Shedding{Enabled: true, MinLimit: 1, MaxLimit: 1, InitialLimit: 1, LowPriorityShare: 0.5, RetryAfter: time.Second}, 300*time.Millisecond)
-	c := userv1connect.NewUserServiceClient(testkit.H2CClient(), url)
-	go burst(c, 10, nil)
+	g := newGate()
+	users, c, url := serveHeld(t, config.Shedding{Enabled: true, MinLimit: 1, MaxLimit: 1, InitialLimit: 1, LowPriorityShare: 0.5, RetryAfter: time.Second}, g.hold)
+	t.Cleanup(g.open)
+	held := goGetUser(c, false)
+	waitFor(t, "a call holds the only room", func() bool { return users.inflight.Load() == 1 })
 	health := grpchealth.NewClient(testkit.H2CClient(), url)
-	time.Sleep(20 * time.Millisecond) // the burst is in; health must still pass
-	for range 5 {
+	for i := range 5 {
+		wantShed(t, "a normal call while saturated", getUser(c, false))
 		res, err := health.Check(context.Background(), &grpchealth.CheckRequest{})
 		if err != nil || res.Status != grpchealth.StatusServing {
-			t.Fatalf("health while saturated: %v %v", res, err)
+			t.Fatalf("health check %d while saturated: %v %v", i+1, res, err)
 		}
+	}
+	g.open()
+	if err := <-held; err != nil {
+		t.Fatal(err)
 	}
 }
