@@ -14,6 +14,7 @@
 package shed
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -26,7 +27,6 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/failsafe-go/failsafe-go/adaptivelimiter"
-	"github.com/failsafe-go/failsafe-go/bulkhead"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -242,21 +242,20 @@ func (l *Limiter) Limit() int {
 }
 
 // Bulkhead bounds how many of one kind of expensive work run at once; the
-// excess waits at most a short time, then is refused. Its bounds can
-// change while it runs ([Bulkhead.Set]). It is safe for concurrent use.
-// Create it with [NewBulkhead].
+// excess waits its turn at most a short time, then is refused. Its bounds
+// can change while it runs ([Bulkhead.Set]), and the work running then
+// counts against the new ones. It is safe for concurrent use. Create it
+// with [NewBulkhead].
 type Bulkhead struct {
 	name       string
-	current    atomic.Pointer[bound]
 	retryAfter time.Duration
 	refused    prometheus.Counter
-}
 
-// bound is a bulkhead of one version of the settings.
-type bound struct {
-	bulkhead    bulkhead.Bulkhead[any]
-	concurrency int
-	maxWait     time.Duration
+	mu          sync.Mutex
+	concurrency int           // how much work may run at once
+	maxWait     time.Duration // how long the excess may wait for room
+	running     int           // the work running, whatever bounds it started under
+	waiting     list.List     // of chan struct{}, closed when its work may run; first come, first served
 }
 
 // NewBulkhead returns a bulkhead named name (it names the work in
@@ -285,34 +284,112 @@ func NewBulkhead(name string, concurrency int, maxWait, retryAfter time.Duration
 	return b, nil
 }
 
-// Set changes the bounds for the work that starts from now on; work
-// already running finishes under the bounds it started with.
+// Set changes the bounds. The work already running counts against the
+// new concurrency: after a cut, no more work starts until what runs is
+// within it; after a rise, the work waiting starts at once as far as the
+// new room goes. The new wait applies to the work that arrives from now
+// on.
 func (b *Bulkhead) Set(concurrency int, maxWait time.Duration) error {
 	if concurrency < 1 {
 		return fmt.Errorf("shed: bulkhead %s: concurrency %d must be at least 1", b.name, concurrency)
 	}
-	if c := b.current.Load(); c != nil && c.concurrency == concurrency && c.maxWait == maxWait {
-		return nil
-	}
-	b.current.Store(&bound{bulkhead: bulkhead.New[any](uint(concurrency)), concurrency: concurrency, maxWait: maxWait})
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.concurrency, b.maxWait = concurrency, maxWait
+	b.admit()
 	return nil
+}
+
+// admit starts the work waiting, in turn, while there is room. b.mu is
+// held.
+func (b *Bulkhead) admit() {
+	for b.running < b.concurrency && b.waiting.Len() > 0 {
+		close(b.waiting.Remove(b.waiting.Front()).(chan struct{}))
+		b.running++
+	}
+}
+
+// release ends one work's turn and gives its room to the next waiting.
+func (b *Bulkhead) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.running--
+	b.admit()
 }
 
 // Do runs fn once the bulkhead has room, or returns the [Refusal] when
 // none frees up within the wait allowed, or the context's error.
 func (b *Bulkhead) Do(ctx context.Context, fn func() error) error {
-	c := b.current.Load()
-	if err := c.bulkhead.AcquirePermitWithMaxWait(ctx, c.maxWait); err != nil {
-		if errors.Is(err, bulkhead.ErrFull) {
-			b.refused.Inc()
-			return Refusal(b.name, b.retryAfter)
-		}
-		code := connect.CodeCanceled
-		if errors.Is(err, context.DeadlineExceeded) {
-			code = connect.CodeDeadlineExceeded
-		}
-		return connect.NewError(code, fmt.Errorf("waiting for %s: %w", b.name, err))
+	if err := b.acquire(ctx); err != nil {
+		return err
 	}
-	defer c.bulkhead.ReleasePermit()
+	defer b.release()
 	return fn()
+}
+
+// acquire waits for room for one work, in turn: at most the wait allowed,
+// and no longer than ctx lasts.
+func (b *Bulkhead) acquire(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return b.abandoned(err)
+	}
+	b.mu.Lock()
+	if b.running < b.concurrency && b.waiting.Len() == 0 {
+		b.running++
+		b.mu.Unlock()
+		return nil
+	}
+	maxWait := b.maxWait
+	if maxWait <= 0 {
+		b.mu.Unlock()
+		return b.refuse()
+	}
+	turn := make(chan struct{})
+	place := b.waiting.PushBack(turn)
+	b.mu.Unlock()
+
+	timer := time.NewTimer(maxWait)
+	defer timer.Stop()
+	var ctxErr error
+	select {
+	case <-turn:
+		return nil
+	case <-timer.C:
+	case <-ctx.Done():
+		ctxErr = ctx.Err()
+	}
+	b.mu.Lock()
+	select {
+	case <-turn:
+		// Its turn came as the wait ended: the room is taken, and given
+		// back when the caller has gone.
+		b.mu.Unlock()
+		if ctxErr == nil {
+			return nil
+		}
+		b.release()
+	default:
+		b.waiting.Remove(place)
+		b.mu.Unlock()
+	}
+	if ctxErr != nil {
+		return b.abandoned(ctxErr)
+	}
+	return b.refuse()
+}
+
+// refuse counts a refusal and returns it.
+func (b *Bulkhead) refuse() error {
+	b.refused.Inc()
+	return Refusal(b.name, b.retryAfter)
+}
+
+// abandoned is the error of work whose caller went away (err, the
+// context's) before it had room.
+func (b *Bulkhead) abandoned(err error) error {
+	code := connect.CodeCanceled
+	if errors.Is(err, context.DeadlineExceeded) {
+		code = connect.CodeDeadlineExceeded
+	}
+	return connect.NewError(code, fmt.Errorf("waiting for %s: %w", b.name, err))
 }
