@@ -207,12 +207,12 @@ func (h *Handler) replayCharge(ctx context.Context, spec connect.Spec, rec ledge
 // Refund implements [paymentv1connect.PaymentServiceHandler.Refund].
 //
 // A refund whose key is recorded is answered with the payment as it is
-// now, the provider not called again. Otherwise the request is checked
-// against the payment, then the provider gives the money back under
-// [ProviderRefundKey] of the key (it computes "all that is left" itself
-// when the request has no amount, and gives back at most once per key),
-// then the refund is recorded in the ledger with what the provider gave
-// back, serialized with the other refunds of the payment. A provider that
+// now, the provider not called again. Otherwise the provider gives back
+// money of the payment's charge under [ProviderRefundKey] of the key (it
+// works out "all that is left" itself when the request has no amount,
+// refuses more than is left, and gives back at most once per key), then
+// the refund is recorded in the ledger with what the provider gave back,
+// serialized with the other refunds of the payment. A provider that
 // does not answer leaves nothing recorded; a crash between the provider
 // and the ledger leaves the refund at the provider only, until a retry
 // with the key, which the provider answers with what it gave back the
@@ -236,12 +236,11 @@ func (h *Handler) Refund(ctx context.Context, req *connect.Request[paymentv1.Ref
 	case err != nil:
 		return nil, h.internal(ctx, req.Spec(), err)
 	}
-	// What the ledger says is left is at least what the provider has
-	// left (it gives back first): a refund the ledger refuses, the
-	// provider would too.
-	if _, err := r.AmountOf(p); err != nil {
-		return nil, h.refundRefused(ctx, req.Spec(), r, err)
-	}
+	// No check of the amount against what the ledger says is left: the
+	// provider, which gives back first, decides with its own books. A
+	// retry racing a call with the same key that has just recorded the
+	// refund gets what the provider gave back the first time, then finds
+	// the key recorded and replays it.
 
 	amount, err := h.provider.Refund(ctx, ProviderRefundKey(r.Key), p.ChargeKey, r.Amount)
 	switch {

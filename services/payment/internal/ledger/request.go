@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"fmt"
 	"strconv"
 
 	"github.com/google/uuid"
@@ -40,26 +39,6 @@ type RefundRequest struct {
 	Amount *Money
 	// Reason is kept in the ledger with the refund.
 	Reason string
-}
-
-// AmountOf returns what r gives back of p: its amount, or all that is
-// left of p when it has none. It returns an error wrapping
-// ErrCurrencyMismatch when r's amount is in another currency than p's,
-// or ErrExceedsRefundable when it is more than is left of p (or nothing
-// is left).
-func (r RefundRequest) AmountOf(p Payment) (Money, error) {
-	left := Money{Currency: p.Amount.Currency, Minor: p.Amount.Minor - p.Refunded}
-	amount := left
-	if r.Amount != nil {
-		if r.Amount.Currency != p.Amount.Currency {
-			return Money{}, fmt.Errorf("refund of payment %s in %s: %w", p.ID, r.Amount.Currency, ErrCurrencyMismatch)
-		}
-		amount = *r.Amount
-	}
-	if amount.Minor <= 0 || amount.Minor > left.Minor {
-		return Money{}, fmt.Errorf("refund of %d of payment %s with %d left: %w", amount.Minor, p.ID, left.Minor, ErrExceedsRefundable)
-	}
-	return amount, nil
 }
 
 // Hash identifies the request, its key aside. A refund without an amount
