@@ -239,7 +239,6 @@ func (g *Graph) JSON() ([]byte, error) {
 	return json.MarshalIndent(out, "", "  ")
 }
 
-
 // FromDeps builds a graph from services and their dependencies given
 // directly (logical name -> logical names), without reading contracts.
 func FromDeps(services []Service, deps map[string][]string) (*Graph, error) {
