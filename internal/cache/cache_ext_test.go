@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -408,6 +409,35 @@ func TestFilterLargerThanOneWrite(t *testing.T) {
 	}
 	if rejected < 90 {
 		t.Fatalf("the rebuilt filter rejected %d of 100 absent ids", rejected)
+	}
+}
+
+// TestFilterSmallest: the smallest filter (64 bits, one per id), full
+// after a rebuild with many ids, lets every one of them through, the
+// bits at its very end too.
+func TestFilterSmallest(t *testing.T) {
+	for _, name := range backends() {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			c := b.cache(t, nil, nil)
+			ctx := context.Background()
+			f, err := c.NewFilter("ids", cache.FilterConfig{ExpectedItems: 1, FalsePositiveRate: 0.5})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := make([]string, 1000) // every one of the 64 bits, many times over
+			for i := range ids {
+				ids[i] = "id-" + strconv.Itoa(i)
+			}
+			if err := f.Rebuild(ctx, cache.IDs(ids)); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range ids {
+				if !f.MayContain(ctx, id) {
+					t.Fatalf("MayContain(%s) = false after a rebuild with it", id)
+				}
+			}
+		})
 	}
 }
 
@@ -895,13 +925,45 @@ func TestHungRedisDoesNotStallReads(t *testing.T) {
 	}
 }
 
+// TestHungRedisDropsLocalCopies: once Redis stops answering, a process
+// stops serving the values it keeps in memory within a few seconds (a
+// small multiple of 10×timeout, at least 1s, is how long its connection
+// may stay silent): Redis could not tell it of a change meanwhile.
+func TestHungRedisDropsLocalCopies(t *testing.T) {
+	b := newBackend(t, "redis")
+	reg := prometheus.NewRegistry()
+	c := b.cache(t, func(cfg *cache.Config) { cfg.Timeout = 50 * time.Millisecond }, reg)
+	s := newSource()
+	s.set("k", "v")
+	eventually(t, 5*time.Second, "the value was never served from process memory", func() bool {
+		get(t, c, s, "k")
+		return metric(t, reg, "keel_cache_hits_total", "cache", "test", "tier", "local") > 0
+	})
+	b.redis.Pause()
+	defer b.redis.Resume()
+	loads := s.loads.Load()
+	eventually(t, 5*time.Second, "the process kept serving its copy with Redis hung", func() bool {
+		get(t, c, s, "k")
+		return s.loads.Load() > loads
+	})
+}
+
 // TestRedisDownAtStart: New succeeds without Redis, reads come from the
 // loader, and the cache connects when Redis appears.
 func TestRedisDownAtStart(t *testing.T) {
 	b := newBackend(t, "redis")
+	const cannot = "cache: cannot reach Redis"
+	b.logs = &logRecorder{}
+	b.cache(t, nil, nil)
+	if n := b.logs.count(cannot); n != 0 {
+		t.Fatalf("%d %q messages with Redis up, want none", n, cannot)
+	}
 	b.redis.Kill()
 	reg := prometheus.NewRegistry()
 	c := b.cache(t, func(cfg *cache.Config) { cfg.Breaker.OpenFor = 50 * time.Millisecond }, reg)
+	if n := b.logs.count(cannot); n != 1 {
+		t.Fatalf("%d %q messages for a start without Redis, want 1", n, cannot)
+	}
 	s := newSource()
 	s.set("k", "v")
 	for range 3 {
@@ -918,6 +980,89 @@ func TestRedisDownAtStart(t *testing.T) {
 		return metric(t, reg, "keel_cache_hits_total", "cache", "test", "tier", "local")+
 			metric(t, reg, "keel_cache_hits_total", "cache", "test", "tier", "redis") > 0
 	})
+}
+
+// TestNewWithinContext: when Redis does not answer at all (its address
+// takes no connection), New returns within a bounded time, and by its
+// context's deadline when that is sooner; reads then go to the loader.
+func TestNewWithinContext(t *testing.T) {
+	addr, release := blackHole(t)
+	newCache := func(ctx context.Context, timeout time.Duration) <-chan *cache.Cache {
+		cfg := cache.DefaultConfig()
+		cfg.RedisAddr, cfg.Timeout = addr, timeout
+		made := make(chan *cache.Cache, 1)
+		go func() {
+			c, err := cache.New(ctx, cfg, cache.Options{Name: "test"})
+			if err != nil {
+				t.Error(err)
+			}
+			made <- c
+		}()
+		return made
+	}
+	// within is the bound, and room for a busy machine.
+	wait := func(made <-chan *cache.Cache, within time.Duration) *cache.Cache {
+		t.Helper()
+		select {
+		case c := <-made:
+			if c == nil {
+				t.FailNow()
+			}
+			t.Cleanup(c.Close)
+			return c
+		case <-time.After(within):
+			t.Fatalf("New did not return within %s with Redis not answering", within)
+			return nil
+		}
+	}
+	// With a timeout of 100ms, connecting is given 1s.
+	wait(newCache(context.Background(), 100*time.Millisecond), 5*time.Second)
+	// With 1s it is given 10s, but the context ends sooner.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	c := wait(newCache(ctx, time.Second), 5*time.Second)
+	s := newSource()
+	s.set("k", "v")
+	if v := get(t, c, s, "k"); v != "v" {
+		t.Fatalf("read %q, want v", v)
+	}
+	release() // the caches' retries fail now, so they close quickly
+}
+
+// blackHole returns a loopback address that takes no connection (a
+// listener whose queue of connections is full, so connecting hangs), and
+// a function that closes it, after which connecting fails.
+func blackHole(t *testing.T) (addr string, release func()) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { syscall.Close(fd) }) }
+	t.Cleanup(release)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	// Fill the queue until a connection attempt hangs.
+	for i := 0; ; i++ {
+		conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return addr, release
+		}
+		t.Cleanup(func() { conn.Close() })
+		if i == 10 {
+			t.Fatal("the listener keeps taking connections")
+		}
+	}
 }
 
 // TestInvalidateWhileRedisDown: an invalidation that could not reach
@@ -1095,13 +1240,36 @@ func TestZeroNegativeTTLKeepsNothing(t *testing.T) {
 	}
 }
 
-// TestCloseReleasesRedis: Close closes the cache's Redis connections.
+// TestCloseReleasesRedis: a cache talks to Redis over one connection
+// (its copies in memory are invalidated on the connection that read
+// them, and bounded by local_max_bytes once), however busy; Close closes
+// it.
 func TestCloseReleasesRedis(t *testing.T) {
 	b := newBackend(t, "redis")
 	c := b.cache(t, nil, nil)
 	s := newSource()
 	s.set("k", "v")
 	get(t, c, s, "k")
+	f, err := c.NewFilter("ids", cache.FilterConfig{ExpectedItems: 1000, FalsePositiveRate: 0.01})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := "k" + strconv.Itoa(i%5)
+			s.set(key, "v")
+			for range 20 {
+				get(t, c, s, key)
+				_ = f.MayContain(context.Background(), key)
+				_ = f.Add(context.Background(), key)
+				_ = c.Invalidate(context.Background(), key)
+			}
+		}()
+	}
+	wg.Wait()
 	rc := redisClient(t, b.redis)
 	clients := func() int {
 		list, err := rc.Do(context.Background(), rc.B().ClientList().Build()).ToString()
@@ -1110,8 +1278,8 @@ func TestCloseReleasesRedis(t *testing.T) {
 		}
 		return strings.Count(list, "name=keel-cache ")
 	}
-	if n := clients(); n == 0 {
-		t.Fatal("no connection of the cache in CLIENT LIST")
+	if n := clients(); n != 1 {
+		t.Fatalf("%d connections of the cache in CLIENT LIST, want 1", n)
 	}
 	c.Close()
 	eventually(t, 10*time.Second, "the cache's connections stay open after Close", func() bool { return clients() == 0 })

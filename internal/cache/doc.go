@@ -48,9 +48,12 @@
 //     timeout, and a circuit breaker (failsafe-go) stops calling Redis
 //     once calls fail, probing it again after breaker/open_for. Reads
 //     then go to the loader, and callers see no error; the cache uses
-//     Redis again by itself when it answers. Invalidations and filter
-//     additions Redis missed are applied when it is back. [New] succeeds
-//     without Redis and connects once it appears.
+//     Redis again by itself when it answers. A process whose connection
+//     to Redis goes silent stops serving its copies in memory within a
+//     few seconds (10×timeout, at least 1s, then the connection is
+//     dropped). Invalidations and filter additions Redis missed are
+//     applied when it is back. [New] succeeds without Redis, returns by
+//     ctx's deadline, and connects once Redis appears.
 //   - A filter never rejects an id added to it, within what one process
 //     can know: every process's filter lets every id through while the
 //     breaker is open or its own Redis calls fail (once one has failed,
