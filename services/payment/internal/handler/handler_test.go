@@ -737,11 +737,16 @@ func TestCrashBetweenProviderAndLedgerConverges(t *testing.T) {
 					t.Fatal("the charge was answered past the crash point")
 				}
 				e.crash("")
-				var id string
+				var (
+					mu sync.Mutex
+					id string
+				)
 				both(func() error {
 					res, err := e.client.Charge(ctx, chargeReq("crash-charge", "order-crash", alice, usd(1000)))
 					if err == nil {
+						mu.Lock()
 						id = res.Msg.GetPayment().GetPaymentId()
+						mu.Unlock()
 					}
 					return err
 				})
