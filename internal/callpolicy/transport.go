@@ -586,14 +586,17 @@ func (c *call) keep(o *outcome) {
 // instance, or to another when it never reached the first.
 func (t *Transport) stream(ctx context.Context, cancel context.CancelFunc, u *upstream, p *policy, req *http.Request) (*http.Response, error) {
 	var tried []*endpoint
+	var last *outcome // the latest attempt, which never reached its instance
 	decay := p.settings.Balancer.Decay
 	pref := preferenceOf(req.Context())
 	for {
 		ep, err := u.balancer.pick(tried, pref)
 		if err != nil {
 			cancel()
-			if len(tried) > 0 {
-				return nil, fmt.Errorf("%s: %w", u.name, err)
+			if last != nil {
+				// No instance left to try: the call's answer is the
+				// attempt before, as for a unary call.
+				return nil, attemptError(u.name, last, ctx)
 			}
 			return nil, err
 		}
@@ -617,11 +620,12 @@ func (t *Transport) stream(ctx context.Context, cancel context.CancelFunc, u *up
 				v = verdictCanceled
 			}
 			u.balancer.record(ep, req.URL.Path, time.Since(start), v, decay)
+			last = &outcome{ep: ep, err: err, code: connect.CodeUnavailable}
 			if isDialError(err) && v != verdictCanceled && len(tried) < p.settings.Retry.MaxAttempts {
 				continue // never reached the instance: the body is untouched
 			}
 			cancel()
-			return nil, attemptError(u.name, &outcome{ep: ep, err: err, code: connect.CodeUnavailable}, ctx)
+			return nil, attemptError(u.name, last, ctx)
 		}
 		u.balancer.record(ep, req.URL.Path, time.Since(start), verdictAnswered, decay)
 		if r := reportOf(req.Context()); r != nil {
