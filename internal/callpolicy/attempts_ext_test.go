@@ -342,8 +342,9 @@ func TestCallsRefusedARetryCountForTheThrottle(t *testing.T) {
 		switch {
 		case errors.Is(err, callpolicy.ErrThrottled):
 			throttled++
-		case connect.CodeOf(err) != connect.CodeUnavailable:
-			t.Fatalf("%v, want unavailable or throttled", err)
+		case connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "instance is failing"):
+			// A call refused its retry is answered by its attempt.
+			t.Fatalf("%v, want the instance's unavailable, or throttled", err)
 		}
 	}
 	if refused, _ := gauge(t, reg, "keel_client_retry_budget_exhausted_total", map[string]string{"service": "user"}); refused == 0 {
@@ -414,5 +415,38 @@ func TestStreamToUnreachableInstancesFailsUnavailable(t *testing.T) {
 	}
 	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("%v (code %v), want unavailable saying the connection was refused", err, connect.CodeOf(err))
+	}
+}
+
+// TestRetryWithNoInstanceLeftIsAnsweredByTheAttemptBefore: when the
+// instance a retry was meant for has left discovery by the time it is
+// sent, the call is answered by the attempt it made, not by an error of
+// the balancer's.
+func TestRetryWithNoInstanceLeftIsAnsweredByTheAttemptBefore(t *testing.T) {
+	t.Parallel()
+	live := startInstance(t)
+	registry := discovery.NewStatic()
+	leaving := startRaw(t, func(w http.ResponseWriter, r *http.Request) {
+		// The other instance leaves while this one answers.
+		if err := registry.Deregister(r.Context(), "live"); err != nil {
+			t.Error(err)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"code":"unavailable","message":"instance is failing"}`))
+	})
+	for name, addr := range map[string]string{"leaving": leaving.addr, "live": live.addr} {
+		if err := registry.Register(context.Background(), discovery.Instance{ID: name, Service: "user", Addr: addr, Meta: map[string]string{"name": name}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := callpolicy.WithPreference(context.Background(), callpolicy.Preference{Key: "name", Value: "leaving"})
+	var report callpolicy.Report
+	err := getUser(callpolicy.WithReport(ctx, &report), usersOf(t, registry, config.DefaultCalls()))
+	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "instance is failing") {
+		t.Fatalf("%v, want the first attempt's answer", err)
+	}
+	if leaving.calls.Load() != 1 || live.calls.Load() != 0 || report.Attempts != 1 {
+		t.Fatalf("%d+%d calls, %d attempts reported; want the one attempt", leaving.calls.Load(), live.calls.Load(), report.Attempts)
 	}
 }

@@ -137,6 +137,35 @@ func TestReadBodyHoldsUpToMaxUnary(t *testing.T) {
 		}
 	})
 
+	t.Run("length announced past reason", func(t *testing.T) {
+		// A response claiming exabytes is not allocated for up front.
+		b, err := readBody(response(io.NopCloser(strings.NewReader("short")), 1<<62))
+		if err != nil || string(b.Bytes()) != "short" {
+			t.Fatalf("readBody = %v; want the five bytes sent", err)
+		}
+		b.Close()
+	})
+
+	t.Run("large buffers are not pooled", func(t *testing.T) {
+		// A buffer grown past 1MiB to hold a large answer is dropped when
+		// closed, not handed to the next small answer.
+		for range 5 {
+			big, err := readBody(response(io.NopCloser(bytes.NewReader(payload[:2<<20])), 2<<20))
+			if err != nil {
+				t.Fatal(err)
+			}
+			big.Close()
+			small, err := readBody(response(io.NopCloser(strings.NewReader("x")), 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := small.buf.Cap(); c > 1<<20 {
+				t.Fatalf("a 1-byte answer held in a buffer of %d bytes, one a large answer was read into", c)
+			}
+			small.Close()
+		}
+	})
+
 	var nilBody *Body
 	if nilBody.Bytes() != nil {
 		t.Fatal("Bytes of no body")
